@@ -1,0 +1,1 @@
+"""One module per dataset family; each reads the dataset exactly as shipped."""

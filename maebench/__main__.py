@@ -1,0 +1,5 @@
+import sys
+
+from maebench.cli import main
+
+sys.exit(main())

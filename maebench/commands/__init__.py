@@ -1,0 +1,1 @@
+"""One module per CLI leaf command: `add_arguments(parser)` and `run(args)`; see maebench.cli."""

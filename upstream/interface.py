@@ -1,0 +1,57 @@
+"""The Upstream interface: every model, ours or imported, turns padded 16 kHz waveforms into per-layer features.
+
+Probes, the feature cache, the s3prl plugin, the HEAR module and `maebench compare` use only this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Features:
+    """Per-layer features of a padded batch.
+
+    hidden_states: one (B, T, D) tensor per layer, all the same shape; frames at or past `lens[b]` are padding.
+    lens: (B,) number of valid output frames per item.
+    """
+
+    hidden_states: list[Tensor]
+    lens: Tensor
+
+
+@dataclass
+class PretrainOutput:
+    """What a pretraining forward returns: the loss to minimise and detached scalars to log."""
+
+    loss: Tensor
+    stats: dict[str, Tensor]
+
+
+class Upstream(nn.Module):
+    """Base class: `forward(wavs[B, N], lens[B]) -> Features`.
+
+    Subclasses set `downsample_rate` (input samples per output frame), `hidden_size` (D) and `num_layers`
+    (len(hidden_states)), and implement `forward` and `to_config` (a JSON-able dict that, with `family`,
+    rebuilds the architecture through the registry).
+    """
+
+    family: str = ""
+    sample_rate: int = 16000
+    downsample_rate: int
+    hidden_size: int
+    num_layers: int
+
+    def forward(self, wavs: Tensor, lens: Tensor) -> Features:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_config(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_lens(self, lens: Tensor) -> Tensor:
+        """Valid output frames for inputs of `lens` samples (override where the front end differs)."""
+        return torch.div(lens, self.downsample_rate, rounding_mode="floor").clamp(min=1)
