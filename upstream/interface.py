@@ -5,6 +5,7 @@ Probes, the feature cache, the s3prl plugin, the HEAR module and `maebench compa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ class Upstream(nn.Module):
 
     family: str = ""
     sample_rate: int = 16000
+    # Set by the fine-tuning probe: applied to the (B, T, mel) filterbank in training mode (SpecAugment); models
+    # with a filterbank front end honour it, others ignore it.
+    fbank_augment: Callable[[Tensor], Tensor] | None = None
     downsample_rate: int
     hidden_size: int
     num_layers: int
