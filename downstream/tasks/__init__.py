@@ -1,1 +1,108 @@
-"""One module per dataset family; each reads the dataset exactly as shipped."""
+"""The paper's six evaluation tasks (plus AS-2M), one module per dataset family, each reading the data as shipped.
+
+`load_task(name, root)` returns a `Task`; with no root it builds (once, in the cache) and loads a small toy dataset
+in the same official layout, so everything runs on a fresh machine without downloads.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from maebench.errors import MaebenchError
+
+from .audioset import load_audioset
+from .base import Example, Fold, Task
+from .esc50 import load_esc50
+from .iemocap import load_er
+from .probe_settings import probe_defaults
+from .speech_commands import load_ks1, load_ks2
+from .voxceleb import load_sid
+
+__all__ = ["ALL_TASKS", "TASKS", "Example", "Fold", "Task", "build_toy", "check_layout", "load_task"]
+
+TASKS: tuple[str, ...] = ("as20k", "esc50", "ks2", "ks1", "sid", "er")
+ALL_TASKS: tuple[str, ...] = (*TASKS, "as2m")  # as2m: the same AudioSet loader with the unbalanced set
+
+_LOADERS: dict[str, Callable[[Path, dict, bool], Task]] = {
+    "as20k": lambda root, defaults, toy: load_audioset("as20k", root, defaults, toy),
+    "as2m": lambda root, defaults, toy: load_audioset("as2m", root, defaults, toy),
+    "esc50": load_esc50,
+    "ks2": load_ks2,
+    "ks1": load_ks1,
+    "sid": load_sid,
+    "er": load_er,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in _LOADERS:
+        raise MaebenchError(f"unknown task {name!r}; choose one of {', '.join(ALL_TASKS)}")
+
+
+def load_task(name: str, root: str | Path | None = None) -> Task:
+    """The task `name` read from `root` (its official layout); root None -> the toy version, built on first use."""
+    from maebench.downstream import toy
+
+    _check_name(name)
+    if root is None:
+        path = toy.ensure_toy(name, announce=lambda msg: print(msg, file=sys.stderr))
+    else:
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise MaebenchError(f"dataset root {path} does not exist; pass the folder holding the {name} data")
+    is_toy = toy.is_toy_root(path)
+    return _LOADERS[name](path, probe_defaults(name, is_toy), is_toy)
+
+
+def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: str = "auto") -> Path:
+    """Write the toy look-alike of `name` in its official layout into `out_dir`; returns the root for load_task."""
+    from maebench.downstream import toy
+
+    _check_name(name)
+    return toy.build_toy(name, out_dir, seed=seed, speech_backend=speech_backend)
+
+
+def check_layout(name: str, root: str | Path | None, *, deep: bool = False) -> dict:
+    """Validate a dataset layout and count examples per fold, split and class.
+
+    Every referenced audio file must exist (deep=True also opens each header); the first problem is raised as a
+    MaebenchError naming the file. Returns {"task", "root", "metric", "multilabel", "classes", "files", "toy",
+    "folds": {fold: {split: {"total": n, "per_class": {class: n}}}}} (multi-label: label occurrences per class).
+    """
+    task = load_task(name, root)
+    examples = task.examples()
+    for ex in examples:
+        if not ex.path.is_file():
+            raise MaebenchError(f"missing audio file {ex.path} (listed by the {name} layout in {task.root}); "
+                                "restore it or fix the list")
+    if deep:
+        _check_headers(examples)
+    folds: dict[str, dict] = {}
+    for fold in task.folds:
+        folds[fold.name] = {}
+        for split, items in fold.splits().items():
+            counter: Counter[int] = Counter()
+            for ex in items:
+                counter.update(ex.label if isinstance(ex.label, tuple) else (ex.label,))
+            folds[fold.name][split] = {
+                "total": len(items),
+                "per_class": {task.class_names[c]: counter.get(c, 0) for c in range(task.num_classes)},
+            }
+    return {"task": name, "root": str(task.root), "metric": task.metric, "multilabel": task.multilabel,
+            "classes": list(task.class_names), "files": len({ex.path for ex in examples}), "toy": task.is_toy,
+            "folds": folds}
+
+
+def _check_headers(examples: list[Example]) -> None:
+    import soundfile as sf
+
+    for path in sorted({ex.path for ex in examples}):
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, sf.LibsndfileError) as err:
+            raise MaebenchError(f"unreadable audio file {path}: {err}; replace it") from err
+        if info.frames == 0:
+            raise MaebenchError(f"empty audio file {path}; replace it")

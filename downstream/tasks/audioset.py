@@ -1,0 +1,98 @@
+"""AudioSet in the AST/SSAST data-file format: AS-20K (balanced train) and AS-2M (balanced + unbalanced train).
+
+Layout of ROOT: `balanced_train.json`, `eval.json`, optional `unbalanced_train.json` (needed by as2m), each
+`{"data": [{"wav": path, "labels": "/m/..,/m/.."}, ...]}` with wav paths absolute or relative to ROOT, and
+`class_labels_indices.csv` (`index,mid,display_name`; quoted display names may contain commas).
+Multi-label, mAP. Dev = 10% of the balanced training clips (seeded hash, deterministic).
+AS-2M trains on balanced + unbalanced (SSAST's "full" set) with AST/PSLA sampling weights: per-class weight
+1000 / (count + 0.01), a clip's weight = the sum over its labels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from maebench.errors import MaebenchError
+
+from .base import Example, Fold, Task, holdout, read_csv_rows, relative_key, require_file
+
+LABELS_CSV = "class_labels_indices.csv"
+BALANCED = "balanced_train.json"
+UNBALANCED = "unbalanced_train.json"
+EVAL = "eval.json"
+DEV_FRACTION = 0.1
+
+
+def read_class_labels(path: Path) -> tuple[list[str], list[str]]:
+    """(mids, display names) in index order from `class_labels_indices.csv`."""
+    rows = read_csv_rows(path, ("index", "mid", "display_name"), "AudioSet class list")
+    entries = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            index = int(row["index"])
+        except ValueError as err:
+            raise MaebenchError(f"malformed {path} line {line}: index {row['index']!r} is not an integer") from err
+        if index in entries or None in row.values():
+            raise MaebenchError(f"malformed {path} line {line}: duplicate index or wrong number of fields")
+        entries[index] = (row["mid"], row["display_name"])
+    if sorted(entries) != list(range(len(entries))):
+        raise MaebenchError(f"malformed {path}: indices must be 0..{len(entries) - 1} without gaps")
+    return [entries[i][0] for i in range(len(entries))], [entries[i][1] for i in range(len(entries))]
+
+
+def read_datafile(path: Path, root: Path, mid_index: dict[str, int]) -> list[Example]:
+    """Examples of one AST-format json data file (labels as sorted class-index tuples)."""
+    require_file(path, "AudioSet data file")
+    try:
+        data = json.loads(path.read_text())["data"]
+        if not isinstance(data, list):
+            raise TypeError("'data' is not a list")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise MaebenchError(f"malformed AudioSet data file {path} ({err}); expected "
+                            '{"data": [{"wav": ..., "labels": "/m/..,/m/.."}]}') from err
+    examples = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or "wav" not in item or "labels" not in item:
+            raise MaebenchError(f"malformed entry {i} in {path}: needs 'wav' and 'labels'")
+        wav = Path(item["wav"])
+        wav = wav if wav.is_absolute() else root / wav
+        mids = [m.strip() for m in str(item["labels"]).split(",") if m.strip()]
+        if not mids:
+            raise MaebenchError(f"entry {i} ({item['wav']}) in {path} has no labels")
+        unknown = [m for m in mids if m not in mid_index]
+        if unknown:
+            raise MaebenchError(f"entry {i} in {path} has label {unknown[0]} not in {root / LABELS_CSV}")
+        examples.append(Example(wav, tuple(sorted({mid_index[m] for m in mids})), key=relative_key(wav, root)))
+    if not examples:
+        raise MaebenchError(f"AudioSet data file {path} has no entries")
+    return examples
+
+
+def label_frequency_weights(examples: list[Example], num_classes: int) -> list[float]:
+    """AST/PSLA sampling weights: sum over a clip's labels of 1000 / (label count + 0.01)."""
+    counts = [0] * num_classes
+    for ex in examples:
+        for c in ex.label:
+            counts[c] += 1
+    per_class = [1000.0 / (n + 0.01) for n in counts]
+    return [sum(per_class[c] for c in ex.label) for ex in examples]
+
+
+def load_audioset(name: str, root: Path, probe_defaults: dict, is_toy: bool) -> Task:
+    """`as20k` (balanced train) or `as2m` (balanced + unbalanced train, weighted sampler)."""
+    mids, display = read_class_labels(root / LABELS_CSV)
+    mid_index = {m: i for i, m in enumerate(mids)}
+    balanced = read_datafile(root / BALANCED, root, mid_index)
+    test = read_datafile(root / EVAL, root, mid_index)
+    train, dev = holdout(balanced, DEV_FRACTION, salt="audioset-dev")
+    weights = None
+    if name == "as2m":
+        dev_keys = {ex.key for ex in dev}
+        seen = {ex.key for ex in train} | dev_keys
+        extra = [ex for ex in read_datafile(root / UNBALANCED, root, mid_index) if ex.key not in seen]
+        train = train + extra
+        weights = label_frequency_weights(train, len(mids))
+    fold = Fold("default", train, dev, test)
+    return Task(name, root, "mAP", display, True, [fold], None, None, probe_defaults, is_toy,
+                sample_weights=weights)

@@ -1,0 +1,374 @@
+"""Toy look-alikes of the six evaluation datasets, in their exact official layouts, built offline in seconds.
+
+The real loaders read them unchanged, so every code path (list files, hash split rule, csv/json parsing, folds,
+silence crops, label merging) is exercised on any machine. Speech comes from espeak-ng voices when available
+(distinct speakers = voice variant + pitch + speed) and from the formant fallback otherwise; ESC-50 and AudioSet
+clips are procedural sound classes. Builds are deterministic for a given seed and speech back end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from maebench.errors import MaebenchError
+
+from .sounds import NOISE_KINDS, SOUND_CLASSES, Voice, render_noise, render_sound, resolve_speech_backend, synthesize
+from .tasks.speech_commands import KS1_COMMANDS, KS2_WORDS, which_set
+
+SAMPLE_RATE = 16000
+TOY_VERSION = 1
+TOY_MARKER = ".maebench_toy.json"  # hidden; the loaders never look at it (only `is_toy_root` does)
+TOY_DIR_OF = {"as2m": "as20k"}  # as2m's toy shares the AudioSet toy (it ships unbalanced_train.json too)
+SPEECH_TASKS = ("ks2", "ks1", "sid", "er")
+
+SENTENCES = (
+    "the quick brown fox jumps over the lazy dog", "please call me back when you get home",
+    "we should leave before the rain starts", "i never said she stole my money",
+    "the museum opens at nine on sundays", "can you hand me the red notebook",
+    "there is a small cafe around the corner", "my brother plays the violin every evening",
+    "turn left after the second traffic light", "the train to boston was late again",
+    "she bought fresh bread at the market", "nobody knows where the old map went",
+)
+
+
+def _rng(seed: int, *parts: object) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha1(repr((seed, *parts)).encode()).hexdigest()[:12], 16))
+
+
+def _write_wav(path: Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def _fit(wav: np.ndarray, length: int, rng: np.random.Generator, noise: float = 0.002) -> np.ndarray:
+    """Place a clip in a window of `length` samples at a random offset (trim if longer), over a faint noise floor."""
+    out = noise * rng.standard_normal(length)
+    if len(wav) >= length:
+        out += wav[:length]
+    else:
+        start = int(rng.integers(0, length - len(wav) + 1))
+        out[start : start + len(wav)] += wav
+    return out.astype(np.float32)
+
+
+def _random_voice(rng: np.random.Generator, variant: int) -> Voice:
+    return Voice(variant=variant, pitch=int(rng.integers(15, 85)), speed=int(rng.integers(130, 210)))
+
+
+# -------------------------------------------------------------------------------------------- speech commands
+def _speaker_ids(rng: np.random.Generator, wanted: dict[str, int]) -> dict[str, list[str]]:
+    """Random 8-hex speaker ids whose hash-rule split is 'training'/'validation'/'testing' as many as wanted."""
+    found: dict[str, list[str]] = {split: [] for split in wanted}
+    while any(len(found[s]) < n for s, n in wanted.items()):
+        speaker = f"{int(rng.integers(0, 2**32)):08x}"
+        split = which_set(f"{speaker}_nohash_0.wav")
+        if split in found and len(found[split]) < wanted[split] and speaker not in found[split]:
+            found[split].append(speaker)
+    return found
+
+
+def _write_lists(root: Path, files: list[str]) -> None:
+    for split, name in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+        lines = sorted(rel for rel in files if which_set(rel) == split)
+        (root / name).write_text("".join(f"{rel}\n" for rel in lines))
+
+
+def _write_noise_folder(root: Path, rng: np.random.Generator, kinds: tuple[str, ...], seconds: float) -> None:
+    folder = root / "_background_noise_"
+    for kind in kinds:
+        _write_wav(folder / f"{kind}.wav", render_noise(kind, rng, seconds))
+    (folder / "README.md").write_text("Toy background noise (procedural), in the layout of Speech Commands.\n")
+
+
+def _speak_clips(plan: list[tuple[Path, str, Voice]], backend: str, rng: np.random.Generator) -> None:
+    """Synthesise `plan` ((path, word, voice)...) and write 1 s 16 kHz clips."""
+    wavs = synthesize([(word, voice) for _, word, voice in plan], backend)
+    for (path, _, _), wav in zip(plan, wavs, strict=True):
+        _write_wav(path, _fit(wav, SAMPLE_RATE, rng))
+
+
+def _build_ks2(root: Path, seed: int, backend: str) -> None:
+    """35 words x 5-6 clips: 3-4 training, 1 validation, 1 testing speaker per word (by the hash rule)."""
+    rng = _rng(seed, "ks2")
+    speakers = _speaker_ids(rng, {"training": 8, "validation": 3, "testing": 3})
+    voice = {spk: _random_voice(rng, i) for i, spk in enumerate(s for group in speakers.values() for s in group)}
+    plan: list[tuple[Path, str, Voice]] = []
+    for i, word in enumerate(KS2_WORDS):
+        chosen = [(speakers["training"][(i + j) % 8], 0) for j in range(3)]
+        if i % 7 == 0:  # a speaker saying the word twice: <id>_nohash_1.wav
+            chosen.append((chosen[0][0], 1))
+        chosen += [(speakers["validation"][i % 3], 0), (speakers["testing"][i % 3], 0)]
+        for speaker, n in chosen:
+            style = voice[speaker].restyled(speed=1.0 + 0.08 * n)
+            plan.append((root / word / f"{speaker}_nohash_{n}.wav", word, style))
+    _speak_clips(plan, backend, rng)
+    _write_lists(root, [p.relative_to(root).as_posix() for p, _, _ in plan])
+    _write_noise_folder(root, rng, NOISE_KINDS[:2], 3.0)
+
+
+KS1_TOY_AUXILIARY = ("bed", "bird", "cat", "dog", "happy", "house")
+
+
+def _build_ks1(out: Path, seed: int, backend: str) -> None:
+    """v0.01 train folder (10 commands + 6 auxiliary words, hash-rule lists, 4 noise files) and test-set folder."""
+    rng = _rng(seed, "ks1")
+    root, test_root = out / "speech_commands_v0.01", out / "speech_commands_test_set_v0.01"
+    speakers = _speaker_ids(rng, {"training": 8, "validation": 3, "testing": 4})
+    voice = {spk: _random_voice(rng, i) for i, spk in enumerate(s for group in speakers.values() for s in group)}
+    plan: list[tuple[Path, str, Voice]] = []
+    for i, word in enumerate((*KS1_COMMANDS, *KS1_TOY_AUXILIARY)):
+        command = word in KS1_COMMANDS
+        chosen = [speakers["training"][(i + j) % 8] for j in range(5 if command else 2)]
+        chosen.append(speakers["validation"][i % 3])
+        if command:  # a file in the hash rule's testing range: SUPERB drops it from train/dev
+            chosen.append(speakers["testing"][i % 4])
+        plan += [(root / word / f"{spk}_nohash_0.wav", word, voice[spk]) for spk in chosen]
+    test_plan: list[tuple[Path, str, Voice]] = []
+    for i, word in enumerate(KS1_COMMANDS):
+        for j in range(2):
+            spk = speakers["testing"][(i + j) % 4]
+            test_plan.append((test_root / word / f"{spk}_nohash_{j}.wav", word, voice[spk]))
+    for i, word in enumerate(("tree", "wow", "bird", "marvin")):  # unknown words, some never seen in training
+        spk = speakers["testing"][i % 4]
+        test_plan.append((test_root / "_unknown_" / f"{spk}_nohash_{i}.wav", word, voice[spk]))
+    _speak_clips(plan + test_plan, backend, rng)
+    _write_lists(root, [p.relative_to(root).as_posix() for p, _, _ in plan])
+    _write_noise_folder(root, rng, NOISE_KINDS, 4.0)
+    for i in range(3):
+        kind = NOISE_KINDS[i % len(NOISE_KINDS)]
+        clip = render_noise(kind, rng, 1.0) * float(rng.uniform(0.05, 1.0))
+        _write_wav(test_root / "_silence_" / f"{int(rng.integers(0, 2**32)):08x}_nohash_{i}.wav", clip)
+
+
+# ------------------------------------------------------------------------------------------------------ ESC-50
+def _build_esc50(root: Path, seed: int, backend: str) -> None:
+    """10 procedural classes x 10 clips (2 per fold), 5 s, 44.1 kHz, ESC-50 file names and metadata."""
+    del backend
+    rng = _rng(seed, "esc50")
+    rate = 44100
+    rows = []
+    sources = rng.choice(np.arange(10000, 300000), size=100, replace=False)
+    for target, category in enumerate(SOUND_CLASSES):
+        for fold in range(1, 6):
+            # odd folds: one source recording cut into takes A and B; even folds: two sources, take A each
+            first = int(sources[target * 10 + 2 * fold - 2])
+            second = int(sources[target * 10 + 2 * fold - 1])
+            for src, take in ((first, "A"), (first, "B")) if fold % 2 else ((first, "A"), (second, "A")):
+                name = f"{fold}-{src}-{take}-{target}.wav"
+                clip_rng = _rng(seed, "esc50", name)
+                wav = render_sound(category, clip_rng, 5.0, rate) * float(clip_rng.uniform(0.3, 1.0))
+                wav = wav + 0.003 * clip_rng.standard_normal(len(wav)).astype(np.float32)
+                _write_wav(root / "audio" / name, wav, rate)
+                rows.append((name, fold, target, category, target < 4, src, take))
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    lines = ["filename,fold,target,category,esc10,src_file,take"]
+    lines += [f"{n},{f},{t},{c},{e},{s},{k}" for n, f, t, c, e, s, k in sorted(rows)]
+    (root / "meta" / "esc50.csv").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- AudioSet
+AUDIOSET_TOY_CLASSES = (  # (mid, display name): two names carry commas, quoted in the csv as in the real file
+    ("/m/0t0ne", "Sine wave"), ("/m/0ch1rp", "Chirp, rising"), ("/m/0ch2rp", "Chirp, falling"),
+    ("/m/0n01se", "Noise burst"), ("/m/0hvm", "Hum"), ("/m/0cl1ck", "Clicking"), ("/m/0tr3m", "Tremolo"),
+    ("/m/0w1nd", "Wind noise (microphone)"), ("/m/0dr1p", "Drip"), ("/m/0s1ren", "Siren"),
+)
+
+
+def _audioset_clip(rng: np.random.Generator, labels: list[int]) -> np.ndarray:
+    names = list(SOUND_CLASSES)
+    wav = sum(render_sound(names[c], rng, 3.0) * float(rng.uniform(0.4, 1.0)) for c in labels)
+    return (wav + 0.003 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32)
+
+
+def _build_audioset(root: Path, seed: int, backend: str) -> None:
+    """Multi-label procedural mixtures (1-3 classes, 3 s): balanced 6/class, eval 3/class, unbalanced Zipf."""
+    del backend
+    rng = _rng(seed, "audioset")
+    n = len(AUDIOSET_TOY_CLASSES)
+    lines = ["index,mid,display_name"] + [f'{i},{mid},"{name}"' for i, (mid, name) in enumerate(AUDIOSET_TOY_CLASSES)]
+    (root / "class_labels_indices.csv").write_text("\n".join(lines) + "\n")
+    zipf = 1.0 / np.arange(1, n + 1)
+    plans = {
+        "balanced_train": [c for c in range(n) for _ in range(6)],
+        "eval": [c for c in range(n) for _ in range(3)],
+        "unbalanced_train": list(rng.choice(n, size=90, p=zipf / zipf.sum())),
+    }
+    used: set[str] = set()
+    for split, primaries in plans.items():
+        entries = []
+        for primary in primaries:
+            extra = rng.choice([c for c in range(n) if c != primary], size=int(rng.integers(0, 3)), replace=False)
+            labels = sorted({int(primary), *map(int, extra)})
+            video = _youtube_id(rng, used)
+            rel = f"audio/{split}/Y{video}.wav"
+            _write_wav(root / rel, _audioset_clip(rng, labels))
+            entries.append({"video_id": video, "wav": rel,
+                            "labels": ",".join(AUDIOSET_TOY_CLASSES[c][0] for c in labels)})
+        name = {"eval": "eval.json"}.get(split, f"{split}.json")
+        (root / name).write_text(json.dumps({"data": entries}, indent=1) + "\n")
+
+
+def _youtube_id(rng: np.random.Generator, used: set[str]) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    while True:
+        video = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=11))
+        if video not in used:
+            used.add(video)
+            return video
+
+
+# --------------------------------------------------------------------------------------------------- VoxCeleb1
+SID_TOY_SPEAKERS = ("id10001", "id10002", "id10003", "id10004", "id10005", "id10006", "id10270", "id10271")
+
+
+def _build_sid(root: Path, seed: int, backend: str) -> None:
+    """8 speakers (6 under dev/wav, 2 under test/wav) x 2 videos x 3 utterances; split 4 train / 1 dev / 1 test."""
+    rng = _rng(seed, "sid")
+    used: set[str] = set()
+    plan, split_lines = [], []
+    for i, speaker in enumerate(SID_TOY_SPEAKERS):
+        voice = Voice(variant=(0, 7, 2, 9, 4, 11, 6, 8)[i], pitch=20 + 8 * i, speed=140 + 9 * i)
+        base = root / ("test/wav" if int(speaker[2:]) >= 10270 else "dev/wav") / speaker
+        sentences = rng.permutation(len(SENTENCES))
+        for v, split_codes in enumerate(((1, 1, 2), (1, 1, 3))):
+            video = _youtube_id(rng, used)
+            for u, code in enumerate(split_codes):
+                rel = f"{speaker}/{video}/{u + 1:05d}.wav"
+                plan.append((base / video / f"{u + 1:05d}.wav", SENTENCES[sentences[3 * v + u]], voice))
+                split_lines.append(f"{code} {rel}")
+    wavs = synthesize([(text, voice) for _, text, voice in plan], backend)
+    for (path, _, _), wav in zip(plan, wavs, strict=True):
+        _write_wav(path, _fit(wav, len(wav) + SAMPLE_RATE // 2, rng))
+    (root / "iden_split.txt").write_text("\n".join(split_lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------- IEMOCAP
+EMOTION_STYLE = {  # emotion -> (pitch offset, speed factor, volume factor), applied to the speaker's own voice
+    "neu": (0, 1.0, 1.0), "hap": (22, 1.15, 1.25), "exc": (28, 1.25, 1.4), "ang": (6, 1.3, 1.9),
+    "sad": (-22, 0.7, 0.45), "fru": (8, 1.05, 1.5), "xxx": (0, 0.9, 0.9), "sur": (30, 1.0, 1.3),
+}
+EMOTION_VAD = {"neu": "2.5000, 2.5000, 2.5000", "hap": "4.0000, 3.5000, 3.0000", "exc": "4.0000, 4.0000, 3.5000",
+               "ang": "1.5000, 4.0000, 4.0000", "sad": "1.5000, 2.0000, 2.0000", "fru": "2.0000, 3.5000, 3.0000",
+               "xxx": "2.5000, 3.0000, 3.0000", "sur": "3.5000, 4.0000, 2.5000"}
+_EXTRA_EMOTIONS = ("exc", "exc", "fru", "xxx")
+
+
+def _build_er(root: Path, seed: int, backend: str) -> None:
+    """5 sessions x 2 speakers x 2 dialogs; each speaker says neu/hap/ang/sad plus one of exc/exc/fru/xxx."""
+    rng = _rng(seed, "er")
+    plan: list[tuple[Path, str, Voice]] = []
+    labels: dict[tuple[Path, str], list[tuple[str, str, str]]] = {}  # (session dir, dialog) -> [(utt, emo, text)]
+    for k in range(1, 6):
+        session = root / f"Session{k}"
+        voices = {"F": Voice(variant=7 + (k % 5), pitch=45 + 3 * k, speed=150 + 5 * k),
+                  "M": Voice(variant=k, pitch=25 + 3 * k, speed=165 - 5 * k)}
+        for d, dialog in enumerate((f"Ses0{k}F_impro0{k}", f"Ses0{k}M_script0{k}_1")):
+            turns = []
+            for s, sex in enumerate("FM"):
+                emotions = ["neu", "hap", "ang", "sad", _EXTRA_EMOTIONS[2 * d + s]]
+                for n, emotion in enumerate(emotions):
+                    utt = f"{dialog}_{sex}{n:03d}"
+                    text = SENTENCES[int(rng.integers(0, len(SENTENCES)))]
+                    pitch, speed, volume = EMOTION_STYLE[emotion]
+                    plan.append((session / "sentences" / "wav" / dialog / f"{utt}.wav", text,
+                                 voices[sex].restyled(pitch, speed, volume)))
+                    turns.append((utt, emotion, text))
+            labels[(session, dialog)] = turns
+    wavs = synthesize([(text, voice) for _, text, voice in plan], backend)
+    durations = {}
+    for (path, _, _), wav in zip(plan, wavs, strict=True):
+        clip = _fit(wav, len(wav) + SAMPLE_RATE // 5, rng)
+        _write_wav(path, clip)
+        durations[path.stem] = len(clip) / SAMPLE_RATE
+    for (session, dialog), turns in labels.items():
+        _write_emo_evaluation(session, dialog, turns, durations)
+
+
+def _write_emo_evaluation(session: Path, dialog: str, turns: list[tuple[str, str, str]],
+                          durations: dict[str, float]) -> None:
+    """EmoEvaluation/<dialog>.txt in IEMOCAP's format, plus a Categorical/ file and a transcription the loader
+    must ignore."""
+    evaluation = session / "dialog" / "EmoEvaluation"
+    (evaluation / "Categorical").mkdir(parents=True, exist_ok=True)
+    (session / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
+    blocks, categorical, transcript = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n"], [], []
+    clock = 1.0
+    for utt, emotion, text in turns:
+        start, end = clock, clock + durations[utt]
+        clock = end + 0.5
+        blocks.append(f"[{start:.4f} - {end:.4f}]\t{utt}\t{emotion}\t[{EMOTION_VAD[emotion]}]\n"
+                      f"C-E1:\t{emotion.capitalize()};\t()\nC-E2:\t{emotion.capitalize()};\t()\n"
+                      f"A-E1:\tval 3; act 3; dom  3;\t()\n")
+        categorical.append(f"{utt} :{emotion.capitalize()}; ()\n")
+        transcript.append(f"{utt} [{start:.4f}-{end:.4f}]: {text}\n")
+    (evaluation / f"{dialog}.txt").write_text("\n".join(blocks))
+    (evaluation / "Categorical" / f"{dialog}_e1_cat.txt").write_text("".join(categorical))
+    (session / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("".join(transcript))
+
+
+# --------------------------------------------------------------------------------------------------- building
+_BUILDERS: dict[str, Callable[[Path, int, str], None]] = {
+    "ks2": _build_ks2, "ks1": _build_ks1, "esc50": _build_esc50, "as20k": _build_audioset, "as2m": _build_audioset,
+    "sid": _build_sid, "er": _build_er,
+}
+
+
+def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: str = "auto") -> Path:
+    """Write the toy `name` dataset into `out_dir` (which becomes the task root); returns that root."""
+    if name not in _BUILDERS:
+        raise MaebenchError(f"unknown task {name!r}; choose one of {', '.join(_BUILDERS)}")
+    root = Path(out_dir).expanduser()
+    backend = resolve_speech_backend(speech_backend) if name in SPEECH_TASKS else "none"
+    root.mkdir(parents=True, exist_ok=True)
+    _BUILDERS[name](root, seed, backend)
+    marker = {"task": TOY_DIR_OF.get(name, name), "version": TOY_VERSION, "seed": seed, "speech_backend": backend}
+    (root / TOY_MARKER).write_text(json.dumps(marker) + "\n")
+    return root
+
+
+def is_toy_root(path: Path) -> bool:
+    """True for a folder written by build_toy (or KS1's inner v0.01 folder of one)."""
+    return (path / TOY_MARKER).is_file() or (path.name == "speech_commands_v0.01"
+                                             and (path.parent / TOY_MARKER).is_file())
+
+
+def _valid_toy(path: Path) -> bool:
+    try:
+        return json.loads((path / TOY_MARKER).read_text()).get("version") == TOY_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_toy(name: str, announce: Callable[[str], None] = print) -> Path:
+    """The cached toy root of `name` (cache_dir()/toy/<name>), built atomically on first use."""
+    from maebench.paths import cache_dir
+
+    base = cache_dir() / "toy"
+    target = base / TOY_DIR_OF.get(name, name)
+    if _valid_toy(target):
+        return target
+    announce(f"maebench: building the toy {name} dataset in {target} (first use; no download)")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_toy(name, tmp)
+        if target.exists() and not _valid_toy(target):
+            shutil.rmtree(target, ignore_errors=True)  # an older toy version
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _valid_toy(target):  # not a concurrent builder that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

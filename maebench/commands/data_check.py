@@ -1,0 +1,55 @@
+"""Validate an evaluation dataset layout and print example counts per split and class.
+
+A missing or malformed file (list, csv, json, split file, label file or any listed audio file) is a one-line error
+naming it. Without --data the toy dataset is checked (built on first use).
+Example: maebench data check --task ks2 --data speech_commands_v0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="as20k, as2m, esc50, ks2, ks1, sid or er")
+    parser.add_argument("--data", type=Path, default=None, metavar="ROOT", help="dataset root (default: toy data)")
+    parser.add_argument("--fold", default=None, help="fold whose per-class counts to show (default: the first)")
+    parser.add_argument("--deep", action="store_true", help="also open every audio file header")
+    parser.add_argument("--max-classes", type=int, default=60, help="class rows to show at most (default 60)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from maebench.downstream.tasks import check_layout
+    from maebench.errors import MaebenchError
+
+    report = check_layout(args.task, args.data, deep=args.deep)
+    folds = report["folds"]
+    fold = args.fold or next(iter(folds))
+    if fold not in folds:
+        raise MaebenchError(f"unknown fold {fold!r} for {args.task}; choose one of {', '.join(folds)}")
+    console = Console()
+    kind = "multi-label, " if report["multilabel"] else ""
+    console.print(f"[bold]{args.task}[/bold] at {report['root']}{' (toy)' if report['toy'] else ''}: "
+                  f"{len(report['classes'])} classes, {kind}{report['metric']}, {report['files']} audio files, "
+                  "layout OK")
+    splits = Table(title="examples per fold and split")
+    for column in ("fold", "train", "dev", "test"):
+        splits.add_column(column, justify="left" if column == "fold" else "right")
+    for name, counts in folds.items():
+        splits.add_row(name, *(str(counts[s]["total"]) for s in ("train", "dev", "test")))
+    console.print(splits)
+    label = "label occurrences" if report["multilabel"] else "examples"
+    classes = Table(title=f"{label} per class ({fold})")
+    for column in ("class", "train", "dev", "test"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for name in report["classes"][: args.max_classes]:
+        classes.add_row(name, *(str(folds[fold][s]["per_class"][name]) for s in ("train", "dev", "test")))
+    console.print(classes)
+    hidden = len(report["classes"]) - args.max_classes
+    if hidden > 0:
+        console.print(f"... {hidden} more classes (--max-classes to show them)")
+    return 0

@@ -1,0 +1,212 @@
+"""Where pretraining audio comes from: fairseq/wav2vec `.tsv` manifests, AST-style JSON lists and plain folders.
+
+Everything here returns a list of `AudioItem`s (a path plus, when the source records it, the length in samples at
+the file's own rate). Nothing here decodes audio; the data loader's workers do that. This module imports no torch
+so `maebench data manifest` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from maebench.errors import MaebenchError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+_HOW_TO_MAKE = "write one with `maebench data manifest DIR -o FILE.tsv`"
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One audio file for pretraining; `num_samples` is at the file's own rate, None when the source does not say."""
+
+    path: Path
+    num_samples: int | None = None
+
+
+# --------------------------------------------------------------------------------------------------- .tsv manifests
+def read_manifest(path: str | Path) -> list[AudioItem]:
+    """Read a fairseq/wav2vec manifest: the first line is the root directory, then `relpath<TAB>num_samples`.
+
+    A relative root is taken relative to the manifest's own folder (fairseq takes it relative to the working
+    directory, which breaks as soon as the manifest is used from elsewhere). Blank lines are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MaebenchError(f"manifest {path} does not exist; check the path or {_HOW_TO_MAKE}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MaebenchError(f"manifest {path} cannot be read ({err}); {_HOW_TO_MAKE}") from err
+    if not lines or not lines[0].strip():
+        raise MaebenchError(f"manifest {path} is empty or its first line (the root directory) is blank; {_HOW_TO_MAKE}")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = path.parent / root
+    if not root.is_dir():
+        raise MaebenchError(
+            f"manifest {path}: its root directory {root} (line 1) does not exist; fix line 1 or {_HOW_TO_MAKE}"
+        )
+    items = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1].strip().isdigit():
+            raise MaebenchError(
+                f"manifest {path} line {number}: expected 'relpath<TAB>num_samples', got {line[:80]!r}; "
+                f"fix that line or {_HOW_TO_MAKE}"
+            )
+        items.append(AudioItem(root / fields[0], int(fields[1])))
+    return items
+
+
+def _write_atomically(out_path: Path, text: str) -> None:
+    """Write to a temporary sibling and rename, so an interrupted run never leaves half a manifest behind."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def format_manifest(root: Path, entries: Iterable[tuple[str, int]]) -> str:
+    """The manifest text for `root` and (posix relpath, num_samples) entries."""
+    lines = [str(root)] + [f"{relpath}\t{num_samples}" for relpath, num_samples in entries]
+    return "\n".join(lines) + "\n"
+
+
+def write_manifest(
+    root: str | Path,
+    out_path: str | Path,
+    *,
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    progress: bool = True,
+) -> int:
+    """Write a manifest of every audio file under `root` (recursive, sorted); returns the number of entries.
+
+    Each file's header is read for its length; unreadable or empty files are left out, counted and reported.
+    """
+    from maebench.audio import read_audio_info  # imports torch: only when a manifest is actually written
+
+    root = Path(root)
+    files = _find_files(root, extensions)
+    if not files:
+        raise MaebenchError(f"no audio files ({', '.join(extensions)}) under {root}; point at a folder that has some")
+    entries: list[tuple[str, int]] = []
+    skipped: list[Path] = []
+    for file in _progress(files, "reading headers", enabled=progress):
+        try:
+            num_samples, _ = read_audio_info(file)
+        except Exception:  # any unreadable file is skipped and counted, whatever the decoder raised
+            skipped.append(file)
+            continue
+        if num_samples <= 0:
+            skipped.append(file)
+            continue
+        entries.append((file.relative_to(root).as_posix(), num_samples))
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3])
+        print(f"skipped {len(skipped)} unreadable or empty file(s): {shown}{' ...' if len(skipped) > 3 else ''}")
+    if not entries:
+        raise MaebenchError(f"none of the {len(files)} audio files under {root} could be read; check the files")
+    _write_atomically(Path(out_path), format_manifest(root.resolve(), entries))
+    return len(entries)
+
+
+def _progress(files: list[Path], description: str, *, enabled: bool) -> Iterator[Path]:
+    """Iterate `files` behind a rich progress bar (count, files/s, ETA) on stderr when enabled."""
+    if not enabled:
+        yield from files
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+        task = bar.add_task(description, total=len(files), rate="")
+        for file in files:
+            yield file
+            speed = bar.tasks[0].speed
+            bar.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
+
+
+# --------------------------------------------------------------------------------------------- JSON lists, folders
+def read_json_list(path: str | Path) -> list[AudioItem]:
+    """Read an AST/SSAST-style list `{"data": [{"wav": path, ...}, ...]}`; relative paths are relative to the json."""
+    path = Path(path)
+    how = 'expected {"data": [{"wav": "path/to/file.wav"}, ...]}'
+    if not path.is_file():
+        raise MaebenchError(f"json list {path} does not exist; check the path")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MaebenchError(f"json list {path} cannot be parsed ({err}); {how}") from err
+    entries = content.get("data") if isinstance(content, dict) else None
+    if not isinstance(entries, list):
+        raise MaebenchError(f"json list {path} has no \"data\" list; {how}")
+    items = []
+    for number, entry in enumerate(entries):
+        wav = entry.get("wav") if isinstance(entry, dict) else None
+        if not isinstance(wav, str) or not wav:
+            raise MaebenchError(f"json list {path}: entry {number} has no \"wav\" path; {how}")
+        items.append(AudioItem(path.parent / wav))  # an absolute wav path stays absolute
+    return items
+
+
+def _find_files(directory: Path, extensions: Sequence[str]) -> list[Path]:
+    if not directory.is_dir():
+        raise MaebenchError(f"audio directory {directory} does not exist; check the path")
+    suffixes = tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
+    found = []
+    for folder, subfolders, names in os.walk(directory, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found.extend(Path(folder) / name for name in names if name.lower().endswith(suffixes))
+    return sorted(found)
+
+
+def find_audio(directory: str | Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[AudioItem]:
+    """Every audio file under `directory` (recursive, hidden folders skipped, sorted); lengths left unknown."""
+    return [AudioItem(path) for path in _find_files(Path(directory), extensions)]
+
+
+# ------------------------------------------------------------------------------------------------ the one entry point
+def list_audio(source: str | Path | None, *, quiet: bool = False) -> list[AudioItem]:
+    """The pretraining clips named by `source`: None -> the built-in toy corpus, a .tsv manifest, a .json list or a
+    folder searched recursively."""
+    if source is None:
+        from maebench.toy_corpus import ensure_toy_corpus, toy_manifest
+
+        corpus = ensure_toy_corpus()
+        items = read_manifest(toy_manifest(corpus))
+        if not quiet:
+            minutes = sum(item.num_samples or 0 for item in items) / 16000 / 60
+            print(f"no --data given: using the built-in toy corpus ({len(items)} clips, {minutes:.0f} min) in {corpus}")
+        return items
+    path = Path(source)
+    what = "pass a .tsv manifest, an AST-style .json list or a folder of audio files"
+    if not path.exists():
+        raise MaebenchError(f"data source {path} does not exist; {what}")
+    if path.is_dir():
+        items = find_audio(path)
+    elif path.suffix.lower() == ".tsv":
+        items = read_manifest(path)
+    elif path.suffix.lower() == ".json":
+        items = read_json_list(path)
+    else:
+        raise MaebenchError(f"data source {path} is neither a .tsv manifest, a .json list nor a folder; {what}")
+    if not items:
+        raise MaebenchError(f"data source {path} lists no audio files; {what}")
+    return items

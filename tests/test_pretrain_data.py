@@ -1,0 +1,239 @@
+"""Pretraining data: deterministic crops, bad-file handling, sharded resumable batches, the toy corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from maebench import toy_corpus
+from maebench.audio import read_audio
+from maebench.errors import MaebenchError
+from maebench.manifest import read_manifest
+from maebench.pretrain_data import (
+    AudioItem,
+    PretrainClips,
+    ResumableBatchSampler,
+    build_pretrain_loader,
+    collate_clips,
+    crop_offset,
+)
+
+CLIP = 4000  # 0.25 s
+
+
+def _write(path: Path, samples: int, rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    subtype = "FLOAT" if path.suffix == ".wav" else None  # float wav reads back bit-exact; flac is 16-bit
+    soundfile.write(str(path), 0.2 * rng.standard_normal((samples, channels)), rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def clips(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "long": _write(tmp_path / "long.wav", 24000, seed=1),
+        "stereo_44k": _write(tmp_path / "stereo_44k.flac", 44100, rate=44100, channels=2, seed=2),
+        "short": _write(tmp_path / "short.wav", 1600, seed=3),
+        "too_short": _write(tmp_path / "too_short.wav", 200, seed=4),
+        "corrupt": tmp_path / "corrupt.wav",
+        "empty": tmp_path / "empty.flac",
+        "missing": tmp_path / "missing.wav",
+        "nan": tmp_path / "nan.wav",
+    }
+    files["corrupt"].write_bytes(b"RIFF\x00\x10\x00\x00WAVEfmt garbage" * 10)
+    files["empty"].write_bytes(b"")
+    soundfile.write(str(files["nan"]), np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------------- the clips
+def test_crop_is_a_pure_function_of_seed_epoch_index(clips):
+    items = [AudioItem(clips["long"]), AudioItem(clips["stereo_44k"])]
+    dataset = PretrainClips(items, CLIP, seed=7)
+    wav, length, error = dataset[(0, 3)]
+    assert error is None and length == CLIP and wav.shape == (CLIP,) and wav.dtype == torch.float32
+    assert torch.equal(wav, dataset[(0, 3)][0])
+    assert torch.equal(wav, PretrainClips(items, CLIP, seed=7)[(0, 3)][0])  # a fresh process would agree
+    assert not torch.equal(wav, dataset[(0, 4)][0])  # another epoch, another crop
+    assert not torch.equal(wav, PretrainClips(items, CLIP, seed=8)[(0, 3)][0])
+
+    full = read_audio(clips["long"])
+    start = crop_offset(full.numel(), CLIP, seed=7, epoch=3, index=0)
+    assert torch.equal(wav, full[start : start + CLIP])
+    starts = {crop_offset(24000, CLIP, seed=7, epoch=e, index=0) for e in range(200)}
+    assert len(starts) > 150 and min(starts) >= 0 and max(starts) <= 24000 - CLIP
+
+    resampled, length, _ = dataset[(1, 0)]  # 1 s stereo at 44.1 kHz -> 16,000 mono samples, cropped
+    assert length == CLIP and resampled.abs().sum() > 0
+
+
+def test_short_clip_is_zero_padded(clips):
+    wav, length, error = PretrainClips([AudioItem(clips["short"])], CLIP)[(0, 5)]
+    assert error is None and length == 1600
+    assert torch.equal(wav[:1600], read_audio(clips["short"]))
+    assert torch.count_nonzero(wav[1600:]) == 0
+
+
+@pytest.mark.parametrize("name", ["too_short", "corrupt", "empty", "missing", "nan"])
+def test_bad_files_come_back_as_skipped(clips, name):
+    wav, length, error = PretrainClips([AudioItem(clips[name])], CLIP)[(0, 0)]
+    assert error == str(clips[name]) and length == 0
+    assert wav.shape == (CLIP,) and torch.count_nonzero(wav) == 0
+
+
+def test_collate_drops_bad_items(clips):
+    names = ["long", "corrupt", "short", "empty"]
+    dataset = PretrainClips([AudioItem(clips[n]) for n in names], CLIP)
+    batch = collate_clips([dataset[(i, 0)] for i in range(len(names))])
+    assert batch.wavs.shape == (2, CLIP) and batch.lens.tolist() == [CLIP, 1600]
+    assert batch.skipped == [str(clips["corrupt"]), str(clips["empty"])]
+    assert torch.equal(batch.wavs[1], dataset[(2, 0)][0])
+    nothing = collate_clips([dataset[(1, 0)], dataset[(3, 0)]])
+    assert nothing.wavs.shape == (0, CLIP) and nothing.lens.shape == (0,) and len(nothing.skipped) == 2
+
+
+# ----------------------------------------------------------------------------------------------------- the sampler
+def test_shards_are_disjoint_equal_and_cover_the_epoch():
+    world = 3
+    samplers = [ResumableBatchSampler(103, 4, seed=1, rank=r, world_size=world) for r in range(world)]
+    assert {s.batches_per_epoch() for s in samplers} == {103 // 12}
+    shards = [[key for batch in s for key in batch] for s in samplers]
+    assert all(len(batch) == 4 for s in samplers for batch in s)
+    indices = [index for shard in shards for index, _ in shard]
+    assert len(indices) == len(set(indices)) == 96 and set(indices) <= set(range(103))
+    assert {epoch for shard in shards for _, epoch in shard} == {0}
+
+    padded = [ResumableBatchSampler(103, 4, seed=1, rank=r, world_size=world, drop_last=False) for r in range(3)]
+    assert [len(list(s)) for s in padded] == [9, 9, 9]
+    assert {index for s in padded for batch in s for index, _ in batch} == set(range(103))
+
+
+def test_epochs_reshuffle_and_single_rank_is_a_permutation():
+    sampler = ResumableBatchSampler(20, 5, seed=0)
+    first = [index for batch in sampler for index, _ in batch]
+    sampler.set_position(1, 0)
+    second = [index for batch in sampler for index, _ in batch]
+    assert sorted(first) == sorted(second) == list(range(20)) and first != second
+    assert all(epoch == 1 for batch in sampler for _, epoch in batch)
+
+
+def test_set_position_resumes_exactly():
+    def uninterrupted(epoch: int) -> list:
+        sampler = ResumableBatchSampler(50, 3, seed=5, rank=1, world_size=2)
+        sampler.set_position(epoch, 0)
+        return list(sampler)
+
+    resumed = ResumableBatchSampler(50, 3, seed=5, rank=1, world_size=2)  # a new process after a restart
+    resumed.set_position(2, 5)
+    assert len(resumed) == resumed.batches_per_epoch() - 5 == 3
+    assert list(resumed) == uninterrupted(2)[5:]
+    assert list(resumed) == list(resumed)  # iterating does not move the position
+    resumed.set_position(2, resumed.batches_per_epoch())
+    assert list(resumed) == []
+    with pytest.raises(ValueError):
+        resumed.set_position(0, resumed.batches_per_epoch() + 1)
+
+
+def test_too_little_data_for_a_batch_is_a_user_error():
+    with pytest.raises(MaebenchError, match="smaller batch"):
+        ResumableBatchSampler(7, 4, world_size=2)
+
+
+# ------------------------------------------------------------------------------------------------------ the loader
+@pytest.fixture
+def corpus(tmp_path: Path, clips) -> list[AudioItem]:
+    items = [AudioItem(_write(tmp_path / f"c{i:02d}.wav", 2000 + 700 * i, seed=10 + i)) for i in range(10)]
+    return items + [AudioItem(clips["corrupt"]), AudioItem(clips["stereo_44k"])]
+
+
+def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    return [(b.wavs, b.lens, b.skipped) for b in loader]
+
+
+def _same(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    pairs = zip(a, b, strict=True)
+    return all(torch.equal(wa, wb) and torch.equal(la, lb) and sa == sb for (wa, la, sa), (wb, lb, sb) in pairs)
+
+
+def test_workers_give_the_same_batches_and_resume_matches(corpus):
+    options = dict(clip_seconds=CLIP / 16000, batch_size=3, seed=3, epoch=1)
+    serial = _batches(build_pretrain_loader(corpus, num_workers=0, **options))
+    parallel = _batches(build_pretrain_loader(corpus, num_workers=2, **options))
+    assert len(serial) == 4 and _same(serial, parallel)
+    assert sum(len(skipped) for _, _, skipped in serial) == 1  # the corrupt file, dropped from its batch
+    assert sum(wavs.shape[0] for wavs, _, _ in serial) == 11
+    resumed = _batches(build_pretrain_loader(corpus, num_workers=0, batch_in_epoch=2, **options))
+    assert _same(resumed, serial[2:])
+    other_epoch = _batches(build_pretrain_loader(corpus, num_workers=0, **{**options, "epoch": 2}))
+    assert not _same(other_epoch, serial)
+
+
+def test_ranks_get_disjoint_batches_of_equal_count(corpus):
+    loaders = [
+        build_pretrain_loader(corpus, clip_seconds=0.1, batch_size=2, num_workers=0, seed=0, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    assert len(loaders[0]) == len(loaders[1]) == loaders[0].batch_sampler.batches_per_epoch() == 3
+    keys = [key for loader in loaders for batch in loader.batch_sampler for key in batch]
+    assert len(keys) == len(set(keys)) == 12
+    batch = next(iter(loaders[0]))
+    assert batch.wavs.shape[1] == 1600 and batch.wavs.dtype == torch.float32
+
+
+# -------------------------------------------------------------------------------------------------- the toy corpus
+def test_toy_corpus_is_deterministic_and_cached(tmp_path: Path, monkeypatch):
+    first = toy_corpus.ensure_toy_corpus(tmp_path / "a", num_clips=10)
+    second = toy_corpus.ensure_toy_corpus(tmp_path / "b", num_clips=10)
+    lines_a = toy_corpus.toy_manifest(first).read_text().splitlines()
+    lines_b = toy_corpus.toy_manifest(second).read_text().splitlines()
+    assert lines_a[0] == str(first.resolve()) and lines_b[0] == str(second.resolve())
+    assert lines_a[1:] == lines_b[1:] and len(lines_a) == 11
+    for item in read_manifest(toy_corpus.toy_manifest(first)):
+        twin = second / item.path.relative_to(first.resolve())
+        assert item.path.read_bytes() == twin.read_bytes()
+        wav, rate = soundfile.read(str(item.path))
+        assert rate == 16000 and wav.size == item.num_samples and 2 * 16000 <= wav.size <= 4 * 16000
+        assert np.isfinite(wav).all() and 0.01 < np.sqrt(np.mean(wav**2)) and np.abs(wav).max() < 1.0
+    kinds = {line.split("\t")[0].split("_")[-1].removesuffix(".wav") for line in lines_a[1:]}
+    assert kinds == {kind for kind, _ in toy_corpus.KINDS}
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [first.name]  # no build folder left behind
+
+    def no_rebuild(*args):
+        raise AssertionError("rebuilt a cached corpus")
+
+    monkeypatch.setattr(toy_corpus, "_build", no_rebuild)
+    assert toy_corpus.ensure_toy_corpus(tmp_path / "a", num_clips=10) == first
+
+
+def test_toy_corpus_never_uses_a_half_built_folder(tmp_path: Path, monkeypatch):
+    real_clip = toy_corpus.toy_clip
+
+    def crash_at_third(index: int):
+        if index == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-build
+        return real_clip(index)
+
+    monkeypatch.setattr(toy_corpus, "toy_clip", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        toy_corpus.ensure_toy_corpus(tmp_path, num_clips=4)
+    assert os.listdir(tmp_path) == []  # neither the corpus nor its temporary build folder
+
+    monkeypatch.setattr(toy_corpus, "toy_clip", real_clip)
+    leftover = tmp_path / "toy_corpus_v1_n4"
+    (leftover / "clips").mkdir(parents=True)  # a folder without a manifest is not a finished corpus
+    corpus = toy_corpus.ensure_toy_corpus(tmp_path, num_clips=4)
+    assert corpus == leftover and len(read_manifest(toy_corpus.toy_manifest(corpus))) == 4
+
+
+def test_default_toy_corpus_lives_in_the_cache(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("MAEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(toy_corpus, "NUM_CLIPS", 3)  # the folder name follows the requested size
+    corpus = toy_corpus.ensure_toy_corpus(num_clips=3)
+    assert corpus.parent == tmp_path / "cache" and corpus.name.startswith(f"toy_corpus_v{toy_corpus.VERSION}")

@@ -1,0 +1,322 @@
+"""SSAST: pretraining objectives, masking, and the s3prl-compatible feature path (tiny configs, short clips)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from torchaudio.compliance import kaldi
+
+from maebench.errors import MaebenchError
+from maebench.upstream.ssast import Ssast, SsastConfig, adapt_pos_embed, info_nce
+
+SR = 16000
+
+
+def tiny(tokenizer: str = "patch", **overrides) -> Ssast:
+    fields = dict(tokenizer=tokenizer, dim=64, num_heads=2, depth=2, target_frames=128)
+    fields.update(overrides)
+    return Ssast(SsastConfig(**fields))
+
+
+def speechlike(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
+    """Harmonic tones with a moving pitch plus a little noise: a spectrum with structure, like real audio."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / SR
+    f0 = 120 + 80 * torch.rand(batch, 1, generator=g)
+    phase = 2 * math.pi * torch.cumsum(f0 * (1 + 0.2 * torch.sin(2 * math.pi * 3 * t)), dim=1) / SR
+    wav = sum(torch.sin(k * phase) / k for k in range(1, 6))
+    return 0.3 * wav + 0.01 * torch.randn(batch, samples, generator=g)
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_config_defaults_follow_the_published_models():
+    patch, frame = SsastConfig("patch"), SsastConfig("frame")
+    assert patch.pretrain_grid == (8, 64) and frame.pretrain_grid == (1, 512)
+    assert patch.num_masked == frame.num_masked == 400
+    assert (patch.mask_type, frame.mask_type) == ("cluster", "random")
+    assert patch.ffn_dim == 3072 and patch.depth == 12
+    assert patch.feature_grid == (12, 9) and frame.feature_grid == (1, 99)
+    # other grids keep 400/512 of the tokens masked: 128 frames of 16x16 patches = 64 tokens -> 50
+    assert SsastConfig("patch", target_frames=128).num_masked == 50
+
+
+def test_config_round_trip_and_errors():
+    model = tiny("frame", pretrain_mode="one_pass", window_secs=0.5)
+    config = model.to_config()
+    rebuilt = Ssast.from_config(config)
+    assert rebuilt.to_config() == config
+    assert (rebuilt.hidden_size, rebuilt.num_layers, rebuilt.downsample_rate) == (64, 2, 160)
+    patch = tiny("patch")
+    assert (patch.hidden_size, patch.downsample_rate) == (12 * 64, 1600)
+    with pytest.raises(MaebenchError, match="unknown SSAST config key"):
+        Ssast.from_config({**config, "bogus": 1})
+    with pytest.raises(MaebenchError, match="tokenizer"):
+        SsastConfig(tokenizer="pixel")
+    with pytest.raises(MaebenchError, match="num_masked"):
+        SsastConfig(target_frames=128, num_masked=65)
+    with pytest.raises(MaebenchError, match="window_secs"):
+        SsastConfig(window_secs=0.1)
+
+
+def test_parameter_names_match_the_official_checkpoint():
+    names = set(dict(tiny().named_parameters()))
+    expected = {
+        "cls_token", "dist_token", "pos_embed", "mask_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+        "norm.weight", "norm.bias", "cpredlayer.0.weight", "cpredlayer.2.bias", "gpredlayer.0.bias",
+        "gpredlayer.2.weight", "blocks.1.norm1.weight", "blocks.1.attn.qkv.weight", "blocks.1.attn.proj.bias",
+        "blocks.1.norm2.bias", "blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.bias",
+    }
+    assert expected <= names
+    assert tiny().pos_embed.shape == (1, 2 + 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------------- pretraining
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+@pytest.mark.parametrize("mode", ["two_pass", "one_pass"])
+def test_pretrain_loss_and_backward(tokenizer, mode):
+    model = tiny(tokenizer, pretrain_mode=mode)
+    wavs = speechlike(3, 16000)
+    lens = torch.tensor([16000, 11000, 6000])  # shorter than target_frames (padded) and longer (cut)
+    out = model.pretrain_loss(wavs, lens)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert set(out.stats) == {"nce", "mse", "nce_acc"}
+    assert torch.allclose(out.loss, out.stats["nce"] + 10 * out.stats["mse"])
+    out.loss.backward()
+    for name in ("mask_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "cpredlayer.2.weight",
+                 "gpredlayer.2.weight", "norm.weight", "pos_embed"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_masks_have_exact_count_and_differ_per_clip(tokenizer):
+    model = tiny(tokenizer)
+    mask = model.sample_mask(6)
+    assert mask.shape == (6, 64) and mask.dtype == torch.bool
+    assert (mask.sum(1) == 50).all()
+    assert len({tuple(row.tolist()) for row in mask}) == 6
+
+
+def test_patchify_matches_unfold_order():
+    """Targets are flattened exactly as the official code's nn.Unfold (and the Conv2d kernel) sees a patch."""
+    model = tiny("patch")
+    spec = torch.randn(2, 1, 128, 128)
+    reference = torch.nn.Unfold(kernel_size=(16, 16), stride=(16, 16))(spec).transpose(1, 2)
+    assert torch.equal(model.patchify(spec), reference)
+    # and the Conv2d embedding of token i is the kernel applied to patch i
+    tokens = model.patch_embed(spec)
+    kernel = model.patch_embed.proj.weight.reshape(64, -1)
+    assert torch.allclose(tokens, reference @ kernel.T + model.patch_embed.proj.bias, atol=1e-5)
+
+
+def test_masked_patch_content_never_reaches_the_encoder():
+    model = tiny("patch").eval()
+    spec = torch.randn(1, 1, 128, 128)
+    mask = model.sample_mask(1)
+    masked_token = int(mask[0].nonzero()[0])
+    visible_token = int((~mask[0]).nonzero()[0])
+
+    def perturbed(token: int) -> torch.Tensor:
+        row, col = divmod(token, 8)  # frequency-major tokens on the (8, 8) grid
+        changed = spec.clone()
+        changed[:, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16] += 5.0
+        return changed
+
+    with torch.no_grad():
+        base = model.encode(spec, mask)
+        assert torch.equal(model.encode(perturbed(masked_token), mask), base)
+        assert not torch.allclose(model.encode(perturbed(visible_token), mask), base)
+        # without the mask the same change is visible: the invariance comes from the replacement
+        assert not torch.allclose(model.encode(perturbed(masked_token)), model.encode(spec))
+
+
+def test_info_nce_matches_cross_entropy_reference():
+    pred, target = torch.randn(3, 7, 16, dtype=torch.float64), torch.randn(3, 7, 16, dtype=torch.float64)
+    loss, acc = info_nce(pred, target)
+    logits = torch.einsum("bmd,bnd->bmn", pred, target).reshape(21, 7)
+    labels = torch.arange(7).repeat(3)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert acc.item() == pytest.approx((logits.argmax(1) == labels).double().mean().item())
+
+
+def test_info_nce_at_init_is_log_of_masked_count():
+    model = tiny("frame", pretrain_mode="one_pass")
+    with torch.no_grad():  # small logits: every masked patch looks equally likely
+        model.cpredlayer[2].weight.mul_(1e-4)
+        model.cpredlayer[2].bias.zero_()
+    out = model.pretrain_loss(speechlike(2, 21000), torch.tensor([21000, 21000]))
+    assert out.stats["nce"].item() == pytest.approx(math.log(50), abs=1e-3)
+
+
+@pytest.mark.parametrize(("mode", "passes"), [("one_pass", 1), ("two_pass", 2)])
+def test_encoder_passes_per_step(mode, passes):
+    model = tiny("patch", pretrain_mode=mode)
+    embeds = []
+    model.patch_embed.register_forward_hook(lambda module, inputs, output: embeds.append(1))
+    calls = []
+    model.norm.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    model.pretrain_loss(speechlike(2, 12000), torch.tensor([12000, 9000]))
+    assert len(calls) == passes and len(embeds) == passes
+
+
+def test_pretrain_flops_matches_flop_counter():
+    """pretrain_flops counts 3 x forward; torch's counter measures what autograd actually runs."""
+    tokens, masked, values, dim, depth = 64, 50, 256, 64, 2
+    for mode, passes in (("one_pass", 1), ("two_pass", 2)):
+        model = tiny("frame", pretrain_mode=mode)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model.spectrogram_loss(torch.randn(2, 1, 128, 128)).loss.backward()
+        measured = counter.get_total_flops() / 2
+        # what the counter does not see: CPU SDPA (scores and mixing, forward + backward), the input gradient
+        # of the patch conv and of the InfoNCE targets (neither needs one)
+        seq = 2 + tokens
+        unseen = passes * depth * 3 * 4 * seq * seq * dim + passes * 2 * tokens * values * dim
+        unseen += 2 * masked * masked * values
+        assert model.pretrain_flops(21000) == pytest.approx(measured + unseen, rel=1e-6), mode
+
+# ---------------------------------------------------------------------------------------------------- features
+@pytest.mark.parametrize(
+    ("tokenizer", "expected_lens", "dim"),
+    [("patch", [3, 9, 25, 1], 12 * 64), ("frame", [30, 99, 250, 1], 64)],
+)
+def test_feature_shapes_and_lens(tokenizer, expected_lens, dim):
+    model = tiny(tokenizer).eval()
+    lens = torch.tensor([4800, 16000, 40000, 100])  # < 1 window, one window, 2.5 windows, < one fbank frame
+    with torch.no_grad():
+        features = model(speechlike(4, 40000), lens)
+    assert features.lens.tolist() == expected_lens
+    assert model.output_lens(lens).tolist() == expected_lens
+    assert len(features.hidden_states) == model.num_layers == 2
+    for h in features.hidden_states:
+        assert h.shape == (4, max(expected_lens), dim) and h.dtype == torch.float32
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_padded_batch_matches_single_items(tokenizer):
+    model = tiny(tokenizer).eval()
+    lens = torch.tensor([27000, 9000, 16000])
+    wavs = speechlike(3, 27000, seed=1)
+    wavs[1, 9000:] = 0.7  # garbage in the padding must not leak into item 1
+    with torch.no_grad():
+        batched = model(wavs, lens)
+        for b, n in enumerate(lens.tolist()):
+            alone = model(wavs[b : b + 1, :n], torch.tensor([n]))
+            valid = int(batched.lens[b])
+            assert valid == int(alone.lens[0]) == alone.hidden_states[0].shape[1]
+            for hb, ha in zip(batched.hidden_states, alone.hidden_states, strict=True):
+                torch.testing.assert_close(hb[b, :valid], ha[0], atol=2e-5, rtol=1e-4)
+
+
+def _s3prl_style_reference(model: Ssast, wavs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """s3prl 0.4.18's ssast expert + ast_models forward, re-traced step by step: per-window torchaudio fbank,
+    per-window normalisation and zero padding, segment-major stacking, per-layer regrouping and trimming."""
+    cfg = model.config
+    window = int(cfg.window_secs * SR)
+    target_length = int(cfg.window_secs * SR / 160)
+    max_len = max(len(w) for w in wavs)
+    starts = list(range(0, max_len, window))
+    padded = [torch.cat([w, w.new_zeros(starts[-1] + window - len(w))]) for w in wavs]
+    segments = []
+    for start in starts:
+        feats = []
+        for w in padded:
+            y = kaldi.fbank(w[start : start + window].unsqueeze(0), htk_compat=True, sample_frequency=SR,
+                            use_energy=False, window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+            y = (y + 4.2677393) / (4.5689974 * 2)
+            y = F.pad(y, (0, 0, 0, target_length - y.shape[0]))
+            feats.append(y)
+        segments.append(torch.stack(feats))
+    x = torch.stack(segments).reshape(-1, target_length, 128)  # (segments * batch, T, 128)
+    x = x.unsqueeze(1).transpose(2, 3)
+    x = F.conv2d(x, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=(cfg.fstride, cfg.tstride))
+    x = x.flatten(2).transpose(1, 2)
+    n = x.shape[0]
+    x = torch.cat([model.cls_token.expand(n, -1, -1), model.dist_token.expand(n, -1, -1), x], dim=1)
+    x = x + model.feature_pos_embed()
+    vertical = (128 - cfg.fshape) // cfg.fstride + 1
+    outputs = []
+    for block in model.blocks:
+        x = block(x)
+        h = x[:, 2:].reshape(n, vertical, -1, x.shape[-1]).transpose(1, 2).flatten(2)
+        h = h.reshape(len(starts), len(wavs), -1, h.shape[-1]).transpose(0, 1).flatten(1, 2)
+        outputs.append(h[:, : len(range(0, max_len, model.downsample_rate))])
+    return outputs
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_features_match_s3prl_procedure(tokenizer):
+    model = tiny(tokenizer).eval()
+    lengths = [30000, 17000, 5000]
+    audio = speechlike(3, 30000, seed=2)
+    wavs = [audio[b, :n] for b, n in enumerate(lengths)]
+    with torch.no_grad():
+        ours = model(audio, torch.tensor(lengths))
+        reference = _s3prl_style_reference(model, wavs)
+    assert len(ours.hidden_states) == len(reference)
+    for h, r in zip(ours.hidden_states, reference, strict=True):
+        assert h.shape == r.shape
+        torch.testing.assert_close(h, r, atol=2e-4, rtol=1e-4)
+
+
+def _linear_resize_1d(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Half-pixel linear resize along the last axis in float64 (bilinear, align_corners=False), by hand."""
+    n = x.shape[-1]
+    out = torch.empty(*x.shape[:-1], size, dtype=torch.float64)
+    for i in range(size):
+        src = max((i + 0.5) * n / size - 0.5, 0.0)
+        lo = min(int(math.floor(src)), n - 1)
+        hi = min(lo + 1, n - 1)
+        frac = src - lo
+        out[..., i] = (1 - frac) * x[..., lo] + frac * x[..., hi]
+    return out
+
+
+def test_pos_embed_patch_crop_matches_float64_hand_computation():
+    """Patch model at 1 s windows: 64 time columns cropped to the centre 9 (28..36), 8 rows resized to 12."""
+    dim = 5
+    pos = torch.randn(1, 2 + 8 * 64, dim, dtype=torch.float64)
+    adapted = adapt_pos_embed(pos, (8, 64), (12, 9))
+    assert adapted.shape == (1, 2 + 12 * 9, dim)
+    # float32 (the model's dtype) agrees to rounding
+    torch.testing.assert_close(adapt_pos_embed(pos.float(), (8, 64), (12, 9)).double(), adapted, atol=1e-5, rtol=0)
+    grid = pos[0, 2:].T.reshape(dim, 8, 64)
+    expected = grid[:, :, 28:37]
+    expected = _linear_resize_1d(expected.transpose(1, 2), 12).transpose(1, 2)  # (dim, 12, 9)
+    assert torch.equal(adapted[0, :2], pos[0, :2])
+    torch.testing.assert_close(adapted[0, 2:], expected.reshape(dim, -1).T, atol=1e-12, rtol=0)
+
+
+def test_pos_embed_frame_crop_and_time_resize():
+    dim = 3
+    pos = torch.randn(1, 2 + 512, dim, dtype=torch.float64)
+    cropped = adapt_pos_embed(pos, (1, 512), (1, 99))  # frame model, 1 s: columns 207..305, exactly
+    assert torch.equal(cropped[0, 2:], pos[0, 2 + 207 : 2 + 306])
+    longer = adapt_pos_embed(pos, (1, 512), (1, 999))  # frame model, 10 s windows: linear resize in time
+    expected = _linear_resize_1d(pos[0, 2:].T, 999).T
+    torch.testing.assert_close(longer[0, 2:], expected, atol=1e-12, rtol=0)
+
+
+def test_fbank_augment_applies_only_in_training():
+    model = tiny("frame")
+    calls = []
+
+    def augment(fbank: torch.Tensor) -> torch.Tensor:
+        calls.append(fbank.shape)
+        return fbank * 0
+
+    model.fbank_augment = augment
+    wavs, lens = speechlike(1, 8000), torch.tensor([8000])
+    model.eval()
+    with torch.no_grad():
+        eval_out = model(wavs, lens).hidden_states[-1]
+    assert calls == []
+    model.train()
+    with torch.no_grad():
+        train_out = model(wavs, lens).hidden_states[-1]
+    assert calls == [(1, 98, 128)]
+    assert not torch.allclose(eval_out, train_out)

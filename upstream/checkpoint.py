@@ -1,0 +1,171 @@
+"""The native upstream checkpoint: a directory with `model.safetensors` (weights) and `config.json` (how to rebuild).
+
+config.json = {"format": "maebench-upstream", "format_version": 1, "family": ..., "config": {...},
+"frontend": {...FbankConfig...} | null, "provenance": {"maebench_version", "created", ...}}.
+Nothing is unpickled when reading (safetensors + JSON only), and a directory is written under a temporary name
+and renamed into place, so readers never see a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import maebench
+from maebench.errors import MaebenchError
+
+FORMAT = "maebench-upstream"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def is_native_checkpoint(path: str | Path) -> bool:
+    """True for a directory holding a config.json (whether it is valid is checked when it is read)."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unshared(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared or strided tensors)."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, str]] = set()
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        key = (t.untyped_storage().data_ptr(), str(t.device))
+        if key in seen and t.numel():
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    return out
+
+
+def write_checkpoint(
+    directory: str | Path,
+    *,
+    family: str,
+    config: dict[str, Any],
+    state_dict: Mapping[str, Tensor],
+    frontend: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a native checkpoint directory atomically; an existing checkpoint at `directory` is replaced."""
+    target = Path(directory).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "config": config,
+        "frontend": frontend,
+        "provenance": {
+            "maebench_version": maebench.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(provenance or {}),
+        },
+    }
+    try:
+        config_text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise MaebenchError(f"checkpoint config for {target} is not JSON-serialisable ({err})") from None
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(_unshared(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            _fsync(tmp / name)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _fsync(tmp)
+        if target.exists():
+            # two renames: a crash between them leaves the old checkpoint complete under `.old-*`, never half of one
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        _fsync(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """Parse and validate config.json of a native checkpoint directory."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise MaebenchError(f"{path}: no such file; is {directory} a maebench checkpoint directory?")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MaebenchError(f"{path}: not valid JSON ({err}); the checkpoint is corrupt, re-create it") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise MaebenchError(
+            f'{path}: not a maebench upstream checkpoint (no "format": "{FORMAT}"); '
+            "for official SSAST/MAE-AST files pass the .pth/.pt file itself"
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise MaebenchError(
+            f"{path}: format_version {version!r} is not supported (this maebench reads <= {FORMAT_VERSION}); "
+            "upgrade maebench"
+        )
+    if not isinstance(meta.get("family"), str) or not isinstance(meta.get("config"), dict):
+        raise MaebenchError(f'{path}: "family" (string) and "config" (object) are required')
+    return meta
+
+
+def read_weights(directory: str | Path) -> dict[str, Tensor]:
+    """Tensors of model.safetensors (safetensors never unpickles)."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise MaebenchError(f"{path}: no such file; the checkpoint is incomplete, re-create it")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types (and OSError) for damaged files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise MaebenchError(f"{path}: not a readable safetensors file ({reason}); re-create the checkpoint") from None
+
+
+def load_weights_into(model: nn.Module, tensors: Mapping[str, Tensor], source: str | Path) -> None:
+    """Strict load: every model key present with its exact shape, and no extra keys; errors name file and key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MaebenchError(f"{source}: missing weight {missing[0]!r}{more}; the file does not match its config")
+    unexpected = [k for k in tensors if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise MaebenchError(f"{source}: unexpected weight {unexpected[0]!r}{more}; the file does not match its config")
+    for key, ref in expected.items():
+        got = tensors[key]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise MaebenchError(
+                f"{source}: weight {key!r} has shape {tuple(got.shape)}, the model expects {tuple(ref.shape)}"
+            )
+        if got.dtype.is_floating_point != ref.dtype.is_floating_point:
+            raise MaebenchError(f"{source}: weight {key!r} has dtype {got.dtype}, the model expects {ref.dtype}")
+    with torch.no_grad():
+        model.load_state_dict(dict(tensors), strict=True)

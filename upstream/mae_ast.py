@@ -1,0 +1,340 @@
+"""MAE-AST (Baade, Peng, Harwath 2022): a masked autoencoder over Kaldi-fbank patches or frames.
+
+Pretraining: fbank -> BatchNorm(affine=False) * 0.5 -> time-major tokens (patch 16x16 or frame 2x128) -> Linear
+embedding + sinusoidal positions -> mask 75% -> post-LN encoder over the VISIBLE tokens only -> decoder over all
+tokens (learned mask token at masked positions, positions added again) -> reconstruction (MSE) and
+classification (InfoNCE within each clip) heads on the masked tokens; loss = 10 * MSE + 1 * InfoNCE.
+
+Features (the Upstream path): the same front end, no masking, BatchNorm running statistics, the encoder only;
+each layer's tokens are regrouped per time step, (B, steps, tokens_per_step * dim).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maebench.audio import MAE_AST_FBANK, FbankConfig, fbank_batch, num_frames
+from maebench.errors import MaebenchError
+
+from .blocks import Block, sinusoidal_positions
+from .interface import Features, PretrainOutput, Upstream
+from .masking import chunk_mask, random_mask, split_indices
+
+NUM_MEL_BINS = 128
+# (frames per token in time, mel bins per token): both tokenisers give 256 values per token
+TOKEN_SHAPES = {"patch": (16, 16), "frame": (2, 128)}
+MASK_TYPES = ("chunk", "random")
+
+
+@dataclass
+class MaeAstConfig:
+    """Architecture and pretraining objective. Defaults = the released base model (patch, chunk masking)."""
+
+    tokenizer: str = "patch"  # "patch" (16x16) | "frame" (128 mel bins x 2 frames)
+    dim: int = 768
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    encoder_layers: int = 12
+    decoder_layers: int = 2
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    layerdrop: float = 0.05  # encoder only, pretraining only (features always run every layer)
+    mask_ratio: float = 0.75
+    mask_type: str = "auto"  # "chunk" | "random"; "auto" = chunk for patch, random for frame (the paper's pairs)
+    shared_mask: bool = False  # True = one mask for the whole batch, as in the public code
+    chunk_min_side: int = 3
+    chunk_max_side: int = 5
+    recon_weight: float = 10.0
+    nce_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKEN_SHAPES:
+            raise MaebenchError(f"mae_ast config: tokenizer must be 'patch' or 'frame', got {self.tokenizer!r}")
+        if self.mask_type == "auto":
+            self.mask_type = "chunk" if self.tokenizer == "patch" else "random"
+        if self.mask_type not in MASK_TYPES:
+            raise MaebenchError(f"mae_ast config: mask_type must be 'chunk' or 'random', got {self.mask_type!r}")
+        if self.dim <= 0 or self.num_heads <= 0 or self.dim % self.num_heads:
+            raise MaebenchError(
+                f"mae_ast config: dim {self.dim} must be a positive multiple of num_heads {self.num_heads}"
+            )
+        if self.encoder_layers < 1 or self.decoder_layers < 0 or self.ffn_dim < 1:
+            raise MaebenchError("mae_ast config: need encoder_layers >= 1, decoder_layers >= 0 and ffn_dim >= 1")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise MaebenchError(f"mae_ast config: mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 1 <= self.chunk_min_side <= self.chunk_max_side:
+            raise MaebenchError(
+                f"mae_ast config: need 1 <= chunk_min_side <= chunk_max_side, "
+                f"got {self.chunk_min_side}, {self.chunk_max_side}"
+            )
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> MaeAstConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise MaebenchError(
+                f"mae_ast config: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
+            )
+        return cls(**config)
+
+
+def _bert_init(module: nn.Module) -> None:
+    """fairseq's init_bert_params for the transformer stacks: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, N, D), idx (B, K) -> (B, K, D)."""
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class MaeAst(Upstream):
+    """MAE-AST upstream: `forward` gives per-layer encoder features, `pretrain_loss` the masked-autoencoder loss."""
+
+    family = "mae_ast"
+    frontend: FbankConfig = MAE_AST_FBANK
+
+    def __init__(self, config: MaeAstConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or MaeAstConfig()
+        self.ktime, self.kchan = TOKEN_SHAPES[cfg.tokenizer]
+        self.tokens_per_step = NUM_MEL_BINS // self.kchan
+        self.downsample_rate = self.ktime * int(self.frontend.sample_rate * self.frontend.frame_shift_ms / 1000)
+        self.hidden_size = self.tokens_per_step * cfg.dim
+        self.num_layers = cfg.encoder_layers
+        token_values = self.ktime * self.kchan
+
+        self.batch_norm = nn.BatchNorm2d(1, affine=False)
+        self.patch_embed = nn.Linear(token_values, cfg.dim)
+        self.encoder_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
+        self.encoder = nn.ModuleList(self._block() for _ in range(cfg.encoder_layers))
+        self.decoder_mask_token = nn.Parameter(torch.rand(cfg.dim))  # uniform [0, 1) as in the public code
+        self.decoder_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
+        self.decoder = nn.ModuleList(self._block() for _ in range(cfg.decoder_layers))
+        self.recon_head = nn.Linear(cfg.dim, token_values)
+        self.class_head = nn.Linear(cfg.dim, token_values)
+        self.encoder.apply(_bert_init)
+        self.decoder.apply(_bert_init)
+        # fixed positions per device, grown on demand; not a buffer, so never in the state dict or DDP broadcasts
+        self._position_cache: dict[torch.device, Tensor] = {}
+
+    def _block(self) -> Block:
+        cfg = self.config
+        return Block(
+            cfg.dim,
+            cfg.num_heads,
+            cfg.ffn_dim,
+            norm_first=False,
+            eps=1e-5,
+            dropout=cfg.dropout,
+            attn_dropout=cfg.attn_dropout,
+            activation_dropout=cfg.activation_dropout,
+        )
+
+    # ---- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MaeAst:
+        return cls(MaeAstConfig.from_dict(config))
+
+    def to_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    # ---- front end ---------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.patch_embed.weight.device
+
+    def _fbank(self, wavs: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, 128) Kaldi fbank on the model's device (+ SpecAugment when fine-tuning) and frame counts."""
+        device = self._device()
+        feats, frame_lens = fbank_batch(wavs.to(device), lens.to(device), self.frontend)
+        if self.training and self.fbank_augment is not None:
+            feats = self.fbank_augment(feats)
+        return feats, frame_lens
+
+    def _normalise(self, feats: Tensor, *, batch_stats: bool) -> Tensor:
+        """BatchNorm2d(1, affine=False) * 0.5 (mimics AST's dataset normalisation to std 0.5)."""
+        x = feats.unsqueeze(1)
+        if batch_stats:
+            x = self.batch_norm(x)
+        else:
+            bn = self.batch_norm
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
+        return x.squeeze(1) * 0.5
+
+    def _tokenise(self, x: Tensor) -> Tensor:
+        """(B, T, 128) -> (B, steps * tokens_per_step, ktime * kchan), time-major; frames past steps*ktime dropped.
+
+        Within a token, values are ordered (time, mel) like nn.Unfold over a (B, 1, T, 128) image.
+        """
+        b, t, f = x.shape
+        steps = t // self.ktime
+        x = x[:, : steps * self.ktime].reshape(b, steps, self.ktime, self.tokens_per_step, self.kchan)
+        return x.permute(0, 1, 3, 2, 4).reshape(b, steps * self.tokens_per_step, self.ktime * self.kchan)
+
+    def _positions_for(self, n: int, like: Tensor) -> Tensor:
+        table = self._position_cache.get(like.device)
+        if table is None or table.shape[0] < n:
+            table = sinusoidal_positions(max(n, 1024), self.config.dim).to(like.device)
+            self._position_cache[like.device] = table
+        return table[:n].to(like.dtype)
+
+    # ---- transformer stacks ------------------------------------------------------------------------------------
+    def _encode(self, x: Tensor, key_padding_mask: Tensor | None, *, layerdrop: float) -> list[Tensor]:
+        """Input LayerNorm, dropout, post-LN blocks; returns every executed layer's output."""
+        x = F.dropout(self.encoder_norm(x), self.config.dropout, self.training)
+        outputs = []
+        for block in self.encoder:
+            if layerdrop > 0.0 and self.training and float(torch.rand(())) < layerdrop:
+                continue
+            x = block(x, key_padding_mask)
+            outputs.append(x)
+        if not outputs:  # every layer dropped: the encoder is the identity on the normalised input
+            outputs.append(x)
+        return outputs
+
+    def _decode(self, x: Tensor) -> Tensor:
+        x = F.dropout(self.decoder_norm(x), self.config.dropout, self.training)
+        for block in self.decoder:
+            x = block(x)
+        return x
+
+    # ---- pretraining -------------------------------------------------------------------------------------------
+    def num_masked(self, num_tokens: int) -> int:
+        """Masked tokens for a clip of `num_tokens` tokens: the public code keeps max(1, int((1 - r) * N))."""
+        return num_tokens - max(1, int((1.0 - self.config.mask_ratio) * num_tokens))
+
+    def make_mask(self, batch: int, steps: int, *, device=None, generator: torch.Generator | None = None) -> Tensor:
+        """(B, steps * tokens_per_step) bool mask, True = masked, as configured (chunk masks over the
+        (time steps, frequency tokens) grid)."""
+        cfg = self.config
+        num_tokens = steps * self.tokens_per_step
+        count = self.num_masked(num_tokens)
+        if cfg.mask_type == "chunk":
+            return chunk_mask(
+                batch,
+                (steps, self.tokens_per_step),
+                count,
+                min_side=cfg.chunk_min_side,
+                max_side=cfg.chunk_max_side,
+                shared=cfg.shared_mask,
+                device=device,
+                generator=generator,
+            )
+        if cfg.shared_mask:
+            return random_mask(1, num_tokens, count, device=device, generator=generator).expand(batch, -1).clone()
+        return random_mask(batch, num_tokens, count, device=device, generator=generator)
+
+    def pretrain_loss(self, wavs: Tensor, lens: Tensor, *, mask: Tensor | None = None) -> PretrainOutput:
+        """Masked-autoencoder loss on a padded batch (the whole padded input is used, as in the public code).
+
+        `mask` (B, tokens) bool overrides the random mask (tests, analysis); every row must mask the same count.
+        """
+        feats, _ = self._fbank(wavs, lens)
+        target = self._tokenise(self._normalise(feats, batch_stats=self.training))  # (B, N, 256)
+        b, n, _ = target.shape
+        if n < 2:
+            frames = -(-2 // self.tokens_per_step) * self.ktime
+            fe = self.frontend
+            need = (frames - 1) * int(fe.sample_rate * fe.frame_shift_ms / 1000) + int(
+                fe.sample_rate * fe.frame_length_ms / 1000
+            )
+            raise MaebenchError(
+                f"mae_ast pretraining needs clips of at least {need} samples, got {wavs.shape[-1]}; use longer clips"
+            )
+        if mask is None:
+            mask = self.make_mask(b, n // self.tokens_per_step, device=target.device)
+        keep_idx, masked_idx = split_indices(mask.to(target.device))
+
+        positions = self._positions_for(n, target)
+        tokens = self.patch_embed(target) + positions
+        encoded = self._encode(_gather_tokens(tokens, keep_idx), None, layerdrop=self.config.layerdrop)[-1]
+
+        dim = encoded.shape[-1]
+        full = self.decoder_mask_token.to(encoded.dtype).expand(b, n, dim)
+        full = full.scatter(1, keep_idx[..., None].expand(-1, -1, dim), encoded)
+        decoded = _gather_tokens(self._decode(full + positions.to(full.dtype)), masked_idx)  # (B, M, D)
+
+        masked_target = _gather_tokens(target, masked_idx).float()
+        recon = self.recon_head(decoded).float()
+        pred = self.class_head(decoded).float()
+        with torch.autocast(device_type=pred.device.type, enabled=False):  # the logits need fp32 under bf16 autocast
+            mse = F.mse_loss(recon, masked_target)
+            logits = torch.bmm(pred, masked_target.transpose(1, 2))  # (B, M, M): clip-internal negatives
+            nce = -logits.log_softmax(dim=-1).diagonal(dim1=1, dim2=2).mean()
+        cfg = self.config
+        loss = cfg.recon_weight * mse + cfg.nce_weight * nce
+        with torch.no_grad():
+            hits = logits.argmax(dim=-1) == torch.arange(logits.shape[1], device=logits.device)
+            stats = {"mse": mse.detach(), "nce": nce.detach(), "nce_acc": hits.float().mean()}
+        return PretrainOutput(loss=loss, stats=stats)
+
+    def pretrain_flops(self, num_samples: int) -> float:
+        """Matmul FLOPs of one training step (forward + backward = 3 x forward) for one clip of `num_samples`.
+
+        Counts every encoder layer (layerdrop ignored), attention score and value products included.
+        """
+        cfg = self.config
+        n = (num_frames(int(num_samples), self.frontend) // self.ktime) * self.tokens_per_step
+        if n < 1:
+            return 0.0
+        m = self.num_masked(n)
+        k = n - m
+        d, f, v = cfg.dim, cfg.ffn_dim, self.ktime * self.kchan
+
+        def layer(tokens: int) -> float:
+            projections = 2 * tokens * d * (3 * d) + 2 * tokens * d * d
+            attention = 2 * 2 * tokens * tokens * d
+            return projections + attention + 2 * 2 * tokens * d * f
+
+        forward = (
+            2 * n * v * d  # embedding
+            + cfg.encoder_layers * layer(k)
+            + cfg.decoder_layers * layer(n)
+            + 2 * (2 * m * d * v)  # two heads
+            + 2 * m * m * v  # InfoNCE logits
+        )
+        return 3.0 * forward
+
+    # ---- features ----------------------------------------------------------------------------------------------
+    def _steps(self, frame_lens: Tensor) -> Tensor:
+        return torch.div(frame_lens, self.ktime, rounding_mode="floor").clamp(min=1)
+
+    def output_lens(self, lens: Tensor) -> Tensor:
+        """Valid feature steps for `lens` samples: whole tokens only (frames past a multiple of ktime dropped)."""
+        lens = torch.as_tensor(lens)
+        return self._steps(num_frames(lens.long(), self.frontend))
+
+    def forward(self, wavs: Tensor, lens: Tensor) -> Features:
+        """Per-layer encoder features, (B, steps, tokens_per_step * dim) each; no masking, BatchNorm running stats,
+        no layerdrop; dropout follows train/eval mode (fine-tuning). Padding tokens are hidden from attention by a
+        key-padding mask, so an item gives the same valid features alone as in any padded batch; features at
+        padded steps are zero."""
+        feats, frame_lens = self._fbank(wavs, lens)
+        if feats.shape[1] < self.ktime:  # shorter than one token: pad so every item yields one (zero-input) step
+            feats = F.pad(feats, (0, 0, 0, self.ktime - feats.shape[1]))
+        tokens = self._tokenise(self._normalise(feats, batch_stats=False))
+        b, n, _ = tokens.shape
+        steps = n // self.tokens_per_step
+        valid_steps = self._steps(frame_lens).clamp(max=steps)
+        step_ids = torch.arange(steps, device=tokens.device)
+        step_padding = step_ids[None, :] >= valid_steps[:, None]  # (B, steps)
+        key_padding = None
+        if bool(step_padding.any()):
+            key_padding = step_padding.repeat_interleave(self.tokens_per_step, dim=1)
+
+        x = self.patch_embed(tokens) + self._positions_for(n, tokens)
+        layers = self._encode(x, key_padding, layerdrop=0.0)
+        keep = (~step_padding)[..., None]
+        hidden = [h.reshape(b, steps, self.hidden_size) * keep.to(h.dtype) for h in layers]
+        return Features(hidden_states=hidden, lens=valid_steps)

@@ -1,0 +1,94 @@
+"""Token masks for masked pretraining: uniform random and square-chunk masks, batched without Python token loops.
+
+Every row of a mask has exactly `num_masked` True entries, so masked and visible tokens can be gathered into
+dense (B, M, D) / (B, K, D) tensors with no padding (`split_indices`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_count(num_tokens: int, num_masked: int) -> None:
+    if not 0 <= num_masked <= num_tokens:
+        raise ValueError(f"cannot mask {num_masked} of {num_tokens} tokens")
+
+
+def random_mask(
+    batch: int, num_tokens: int, num_masked: int, *, device=None, generator: torch.Generator | None = None
+) -> Tensor:
+    """(batch, num_tokens) bool, True = masked: `num_masked` tokens per row drawn uniformly without replacement."""
+    _check_count(num_tokens, num_masked)
+    noise = torch.rand(batch, num_tokens, device=device, generator=generator)
+    chosen = noise.argsort(dim=1)[:, :num_masked]
+    mask = torch.zeros(batch, num_tokens, dtype=torch.bool, device=noise.device)
+    return mask.scatter_(1, chosen, True)
+
+
+def chunk_mask(
+    batch: int,
+    grid: tuple[int, int],
+    num_masked: int,
+    *,
+    min_side: int = 3,
+    max_side: int = 5,
+    shared: bool = False,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(batch, rows * cols) bool over the row-major flattening of a rows x cols token grid.
+
+    Square chunks of a random side in [min_side, max_side] are placed with a uniformly random top-left corner
+    (clipped at the grid edge) until at least `num_masked` tokens are covered; the excess is then trimmed at
+    random from the tokens the LAST chunk added, so every earlier chunk stays a whole square.
+    Placements are drawn in blocks of many chunks per sample, each block a few batched tensor ops (one host sync
+    per block), so neither samples nor tokens nor single chunks are looped over in Python.
+    `shared=True` draws one mask for the whole batch (what the public MAE-AST code does, for speed).
+    """
+    rows, cols = grid
+    num_tokens = rows * cols
+    _check_count(num_tokens, num_masked)
+    if not 1 <= min_side <= max_side:
+        raise ValueError(f"chunk sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    draws = 1 if shared else batch
+    row_ids = torch.arange(rows, device=device)
+    col_ids = torch.arange(cols, device=device)
+    # enough placements per block that one block nearly always suffices (~3x the fewest smallest chunks needed)
+    block = max(8, 3 * -(-num_masked // (min_side * min_side)))
+    max_blocks = 64  # a cap for pathological requests (num_masked ~ num_tokens); the rest is filled at random below
+    # order[b, i]: index of the first placement covering token i (placements numbered across blocks)
+    uncovered = float(block * max_blocks)
+    order = torch.full((draws, num_tokens), uncovered, device=device)
+    for first_index in range(0, block * max_blocks, block):
+        if num_masked == 0:
+            break
+        side = torch.randint(min_side, max_side + 1, (draws, block, 1), device=device, generator=generator)
+        top = torch.randint(0, rows, (draws, block, 1), device=device, generator=generator)
+        left = torch.randint(0, cols, (draws, block, 1), device=device, generator=generator)
+        in_rows = (row_ids >= top) & (row_ids < top + side)  # (draws, block, rows)
+        in_cols = (col_ids >= left) & (col_ids < left + side)  # (draws, block, cols)
+        chunks = (in_rows[..., :, None] & in_cols[..., None, :]).reshape(draws, block, num_tokens)
+        index = torch.arange(first_index, first_index + block, device=device, dtype=torch.float32)[None, :, None]
+        first_cover = torch.where(chunks, index, uncovered).amin(dim=1)  # (draws, tokens)
+        order = torch.minimum(order, first_cover)
+        if bool(((order < uncovered).sum(1) >= num_masked).all()):
+            break
+    # keep the num_masked earliest-covered tokens: whole chunks, then a random part of the chunk that crossed the
+    # count (ties broken at random); tokens no chunk covered only come in if the placement cap was hit
+    tie_break = torch.rand(draws, num_tokens, device=device, generator=generator)
+    chosen = (order + tie_break).argsort(dim=1)[:, :num_masked]
+    mask = torch.zeros(draws, num_tokens, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+    return mask.expand(batch, num_tokens).clone() if shared else mask
+
+
+def split_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(keep_idx (B, K), masked_idx (B, M)), each ascending, from a (B, T) bool mask with equal counts per row."""
+    counts = mask.sum(1)
+    num_masked = int(counts[0]) if mask.shape[0] else 0
+    if bool((counts != num_masked).any()):
+        raise ValueError("every row of the mask must mask the same number of tokens")
+    # a stable sort of 0 (visible) before 1 (masked) lists visible then masked positions, each in ascending order
+    order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
+    num_keep = mask.shape[1] - num_masked
+    return order[:, :num_keep], order[:, num_keep:]
