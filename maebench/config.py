@@ -1,0 +1,323 @@
+"""Pretraining configuration: dataclasses are the single source of truth for every default.
+
+A recipe (YAML) overrides some fields, `--set section.key=value` overrides on top, and every run writes the fully
+resolved config next to its outputs. The no-argument default (`PretrainConfig()`) is the tiny demo, and
+`recipes/demo_tiny.yaml` equals it. `OptimConfig()` alone is the paper's optimisation (MAE-AST's fairseq config:
+Adam(0.9, 0.98) with decoupled weight decay 0.01, eps 1e-6, lr 1e-4, 32k warm-up steps then polynomial decay,
+clipping 10); the demo keeps all of it but the peak lr and warm-up length, which a 300-step run cannot use.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from maebench.errors import MaebenchError
+
+MODEL_NAMES = ("mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame")
+MODEL_SIZES = ("tiny", "small", "base")
+# A recipe value meaning "must be given" (the data path of the paper recipes): --data PATH or --set data.source=PATH.
+REQUIRED = "???"
+# The top-level recipes/ folder, installed as the package maebench.recipes (editable and normal installs).
+RECIPES_DIR = Path(importlib.resources.files("maebench.recipes"))  # type: ignore[arg-type]
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame"] = "mae_ast_patch"
+    size: Literal["tiny", "small", "base"] = "tiny"
+    # Fields of the model family's own config (MaeAstConfig / SsastConfig), e.g. {"encoder_layers": 6}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    # None = the built-in toy corpus; else a .tsv manifest, an AST-style .json list or a directory of audio files.
+    source: str | None = None
+    clip_seconds: float = 1.0
+    num_workers: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """The paper's optimisation (MAE-AST fairseq config); the demo default (PretrainConfig) shortens it."""
+
+    # fairseq's "adam" (the MAE-AST recipe) decouples weight decay, i.e. it is AdamW; SSAST used coupled Adam.
+    name: Literal["adam", "adamw"] = "adamw"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    warmup_steps: int = 32000
+    # after warm-up: polynomial decay to end_lr (power 1 = linear), cosine to end_lr, or constant
+    schedule: Literal["polynomial", "cosine", "constant"] = "polynomial"
+    power: float = 1.0
+    end_lr: float = 0.0
+    clip_grad_norm: float = 10.0  # 0 = no clipping
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # clips per optimizer step, over all processes and accumulation steps together
+    max_steps: int = 300
+    grad_accum: int = 1
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_last: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # The demo runs 300 steps, not 400k: a 10x larger peak lr and a 30-step warm-up make it learn in that time.
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=30))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: str | None = None  # None = runs/pretrain/<model>-<size> under the current directory
+
+    def default_run_dir(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        return Path("runs") / "pretrain" / f"{self.model.name}-{self.model.size}"
+
+
+# Fields that change how a run is observed or stored, not what it computes: editing them keeps the run resumable.
+_OPERATIONAL_FIELDS = {
+    "run_dir", "data.num_workers", "train.compile", "train.log_every", "train.ckpt_every", "train.keep_last",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+
+
+def to_dict(cfg: PretrainConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), fit for YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def to_yaml(cfg: PretrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def from_dict(data: dict[str, Any], *, origin: str = "config") -> PretrainConfig:
+    """Defaults overridden by a nested mapping (a recipe, or a run's saved config.yaml); types checked."""
+    cfg = PretrainConfig()
+    if not isinstance(data, dict):
+        raise MaebenchError(f"{origin}: expected a mapping of sections (model, data, optim, train), got {data!r}")
+    for key, value in _flatten(data, origin):
+        _set(cfg, key, value, origin, from_text=False)
+    return cfg
+
+
+def config_hash(cfg: PretrainConfig) -> str:
+    """Identity of what a run computes: equal hashes = a rerun of the same run, so it resumes silently."""
+    flat = dict(_flatten(to_dict(cfg), "config"))
+    identity = {k: v for k, v in flat.items() if k not in _OPERATIONAL_FIELDS and not k.startswith("model.overrides.")}
+    identity["model.overrides"] = cfg.model.overrides
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def diff(old: PretrainConfig, new: PretrainConfig) -> list[str]:
+    """Human-readable `key: old -> new` lines for the fields that differ."""
+    a, b = dict(_flatten(to_dict(old), "old")), dict(_flatten(to_dict(new), "new"))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A YAML path, or the bare name of a bundled recipe (`demo_tiny` -> recipes/demo_tiny.yaml)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    bundled = RECIPES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))) or "none found"
+    raise MaebenchError(f"recipe {recipe} not found: give a YAML file path or a bundled recipe name ({names})")
+
+
+def load_recipe(recipe: str | Path) -> PretrainConfig:
+    """The defaults overridden by a recipe file (nested YAML mapping of sections)."""
+    path = resolve_recipe_path(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MaebenchError(f"recipe {path} could not be read as YAML ({detail}): fix the file") from None
+    return from_dict(data, origin=f"recipe {path}")
+
+
+def apply_overrides(cfg: PretrainConfig, overrides: list[str], *, origin: str = "--set") -> PretrainConfig:
+    """A copy of `cfg` with `key.sub=value` strings applied (type-checked; unknown key -> MaebenchError naming it)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MaebenchError(f"{origin} {item!r}: expected key=value, e.g. optim.lr=3e-4")
+        _set(cfg, key.strip(), value.strip(), origin, from_text=True)
+    return cfg
+
+
+def check_required(cfg: PretrainConfig) -> None:
+    """Placeholders (???) left by a recipe must be filled before a run starts."""
+    if cfg.data.source == REQUIRED:
+        raise MaebenchError(
+            "data.source is required by this recipe: pass --data PATH (a .tsv manifest, a .json list or an audio "
+            "directory) or --set data.source=PATH"
+        )
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Value checks that types alone cannot express."""
+    t, o = cfg.train, cfg.optim
+    positive = {"train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.grad_accum": t.grad_accum,
+                "train.log_every": t.log_every, "train.ckpt_every": t.ckpt_every, "train.keep_last": t.keep_last,
+                "data.clip_seconds": cfg.data.clip_seconds, "optim.lr": o.lr}
+    for key, value in positive.items():
+        if value <= 0:
+            raise MaebenchError(f"{key}={value} must be positive: set it with --set {key}=...")
+    non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+                    "optim.clip_grad_norm": o.clip_grad_norm, "optim.end_lr": o.end_lr, "data.num_workers":
+                    cfg.data.num_workers, "optim.eps": o.eps}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise MaebenchError(f"{key}={value} must not be negative: set it with --set {key}=...")
+    if cfg.data.clip_seconds < 0.2:  # a 16x16 patch needs 16 fbank frames = 0.175 s
+        raise MaebenchError(f"data.clip_seconds={cfg.data.clip_seconds} is too short for a 16-frame patch: use >= 0.2")
+
+
+# ---------------------------------------------------------------------------------------------------- internals
+
+
+def _flatten(data: dict[str, Any], origin: str, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mapping -> [("optim.lr", 1e-4), ...]; model.overrides stays one dict-valued key per entry."""
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if name == "model.overrides":
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise MaebenchError(f"{origin}: model.overrides must be a mapping of model config fields")
+            items.extend((f"{name}.{k}", v) for k, v in value.items())
+            if not value:
+                items.append((name, {}))
+        elif isinstance(value, dict) and name in ("model", "data", "optim", "train"):
+            items.extend(_flatten(value, origin, f"{name}."))
+        else:
+            items.append((name, value))
+    return items
+
+
+def _set(cfg: PretrainConfig, key: str, value: Any, origin: str, *, from_text: bool) -> None:
+    parts = key.split(".")
+    if parts[:2] == ["model", "overrides"]:
+        if len(parts) == 2:  # the whole mapping
+            parsed = yaml.safe_load(value) if from_text else value
+            if parsed in (None, ""):
+                parsed = {}
+            if not isinstance(parsed, dict):
+                raise MaebenchError(f"{origin} model.overrides={value!r}: expected a mapping, e.g. {{depth: 2}}")
+            if any(":" in str(k) and v is None for k, v in parsed.items()):
+                raise MaebenchError(f"{origin} model.overrides={value!r}: YAML needs a space after each colon, "
+                                    "e.g. {dim: 32, encoder_layers: 2}")
+            cfg.model.overrides = {str(k): v for k, v in parsed.items()}
+            return
+        if len(parts) != 3 or not parts[2]:
+            raise MaebenchError(f"{origin}: unknown config key {key!r}; use model.overrides.FIELD=value")
+        cfg.model.overrides[parts[2]] = _parse_scalar(value) if from_text else value
+        return
+    target: Any = cfg
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "top level"
+            known = ", ".join(fields) if fields else "(not a section)"
+            raise MaebenchError(f"{origin}: unknown config key {key!r} ({where} has: {known})")
+        if depth == len(parts) - 1:
+            hint = typing.get_type_hints(type(target))[part]
+            if dataclasses.is_dataclass(hint):
+                raise MaebenchError(f"{origin}: {key!r} is a section; set one of its fields, e.g. {key}.FIELD=value")
+            setattr(target, part, _coerce(value, hint, key, origin, from_text))
+            return
+        target = getattr(target, part)
+
+
+def _parse_scalar(text: str) -> Any:
+    """YAML scalar parsing, plus floats YAML 1.1 misses (3e-4 without a dot)."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str, from_text: bool) -> Any:
+    def bad(expected: str) -> MaebenchError:
+        return MaebenchError(f"{origin} {key}={value!r}: expected {expected}")
+
+    origin_type = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin_type in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(value, inner[0], key, origin, from_text)
+    if origin_type is Literal:
+        text = value if isinstance(value, str) else str(value)
+        if text not in args:
+            raise bad("one of " + ", ".join(map(str, args)))
+        return text
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad("true or false")
+    if hint is int:
+        number = _parse_scalar(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, int | float) or float(number) != int(number):
+            raise bad("an integer")
+        return int(number)
+    if hint is float:
+        number = _parse_scalar(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise bad("a number")
+        return float(number)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise bad("a string")
+        return str(value)
+    if origin_type is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [_parse_scalar(v) for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(items, list | tuple) or len(items) != len(args):
+            raise bad(f"{len(args)} comma-separated values, e.g. 0.9,0.98")
+        return tuple(_coerce(v, a, key, origin, from_text=False) for v, a in zip(items, args, strict=True))
+    if origin_type is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(value)
+    raise bad(f"a value of type {hint}")  # pragma: no cover - every field type is handled above

@@ -1,0 +1,279 @@
+"""Training-run checkpoints: `<run>/checkpoints/step_XXXXXXXX/` = the native upstream files + `trainer.pt`.
+
+`trainer.pt` holds everything else a resumed run needs to continue exactly where it stopped (optimizer, scheduler,
+step, data position, every RNG stream, the config hash) as tensors, plain containers, numbers and strings only, so
+it loads with `torch.load(weights_only=True)`: a checkpoint never runs code.
+
+A checkpoint is staged in a private directory and renamed into place, so a crash (even SIGKILL mid-write) leaves
+either the complete new checkpoint or none; stale staging directories are removed on the next start. The run
+directory rules (resume, refuse, overwrite) live here too because they are decisions about checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maebench.errors import MaebenchError
+
+CHECKPOINTS = "checkpoints"
+TRAINER_FILE = "trainer.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+FORMAT = "maebench-trainer"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+_STAGING_PREFIX = ".staging-"
+
+
+@dataclass
+class TrainerState:
+    """Where a run is: optimizer steps taken and the next batch to read (epoch, batch within that epoch)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped: list[str] = field(default_factory=list)  # first bad files met (capped), for the summary
+    num_skipped: int = 0
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run (all three files present), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and all((path / f).is_file() for f in (TRAINER_FILE, "model.safetensors", "config.json")):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+# ---------------------------------------------------------------------------------------------------- RNG streams
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG stream a step may draw from (dropout, layerdrop, masking, Python/numpy users), as plain tensors."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainerState,
+    rng: list[dict[str, Any]],
+    config_hash: str,
+    world_size: int,
+    provenance: dict[str, Any] | None = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write `checkpoints/step_XXXXXXXX/` atomically (stage, then rename), then keep only the newest `keep_last`.
+
+    `rng` holds one capture_rng() per rank (rank order). Call on one process only (rank 0).
+    """
+    from maebench.upstream import save_upstream
+
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(state.step)
+    staging = root / f"{_STAGING_PREFIX}{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        stage = staging / final.name
+        save_upstream(model, stage, provenance)
+        trainer = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "step": state.step,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "skipped": list(state.skipped),
+            "num_skipped": state.num_skipped,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "config_hash": config_hash,
+            "world_size": world_size,
+        }
+        _write_durably(stage / TRAINER_FILE, trainer)
+        _fsync_dir(stage)
+        if final.exists():  # the same step saved again (a resumed run that had nothing left to do)
+            shutil.rmtree(final)
+        os.replace(stage, final)
+        _fsync_dir(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if keep_last:
+        prune(run_dir, keep_last)
+    return final
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """trainer.pt as a dict (weights_only: no code runs); MaebenchError naming the file if it is not one of ours."""
+    path = Path(checkpoint) / TRAINER_FILE
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MaebenchError(f"{path} is missing: this checkpoint cannot be resumed; use --overwrite") from None
+    except Exception as err:  # truncated, corrupt or foreign pickle
+        raise MaebenchError(f"{path} could not be read ({type(err).__name__}); delete that checkpoint or use "
+                            "--overwrite") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise MaebenchError(f"{path} is not a maebench trainer state; delete that checkpoint or use --overwrite")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise MaebenchError(f"{path} has trainer format version {data.get('format_version')}, this maebench "
+                            f"reads {FORMAT_VERSION}; resume with the maebench version that wrote it")
+    return data
+
+
+def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Copy a checkpoint's weights into `model` (strict: same architecture; errors name the file and key)."""
+    from maebench.upstream import checkpoint as native
+
+    native.load_weights_into(model, native.read_weights(checkpoint), Path(checkpoint) / native.WEIGHTS_FILE)
+
+
+def prune(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints; returns what was deleted."""
+    doomed = list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def remove_stale_staging(run_dir: Path) -> None:
+    """Staging directories left by a killed run (never complete checkpoints) are garbage."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for path in root.glob(f"{_STAGING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------- run-dir rules
+
+
+@dataclass
+class RunDirDecision:
+    resume_from: Path | None  # checkpoint to continue from, or None for a fresh start
+    messages: list[str]  # what was decided, for the user
+
+
+def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: bool) -> RunDirDecision:
+    """Apply the run-directory rules (rank 0 only: --overwrite deletes files).
+
+    - no checkpoints: fresh start;
+    - checkpoints of the same resolved config: resume (re-running a command continues it);
+    - checkpoints of a different config: refused unless --resume (continue with the new config, e.g. more steps)
+      or --overwrite (delete this run's checkpoints, metrics and config, nothing else, and start again).
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise MaebenchError("--resume and --overwrite contradict each other: choose one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MaebenchError(f"run directory {run_dir} is a file: choose another --run-dir")
+    remove_stale_staging(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if overwrite:
+        deleted = delete_run_outputs(run_dir)
+        what = ", ".join(deleted) if deleted else "nothing to delete"
+        return RunDirDecision(None, [f"--overwrite: deleted from {run_dir}: {what}"])
+    if not checkpoints:
+        note = [f"--resume: {run_dir} has no checkpoint yet, starting from step 0"] if resume else []
+        return RunDirDecision(None, note)
+    latest = checkpoints[-1]
+    saved_hash = load_trainer_state(latest).get("config_hash")
+    if saved_hash == config_hash:
+        return RunDirDecision(latest, [f"resuming from {latest}"])
+    if resume:
+        return RunDirDecision(latest, [f"resuming from {latest} with a changed config (--resume)"])
+    raise MaebenchError(
+        f"run directory {run_dir} holds checkpoints of a different configuration (see its {CONFIG_FILE}): "
+        "pass --resume to continue it with this config, --overwrite to start over, or choose another --run-dir"
+    )
+
+
+def delete_run_outputs(run_dir: Path) -> list[str]:
+    """Delete only what `maebench pretrain` writes in a run dir (checkpoints, metrics, config); list it."""
+    run_dir = Path(run_dir)
+    deleted = []
+    for path in list_checkpoints(run_dir):
+        shutil.rmtree(path)
+        deleted.append(f"{CHECKPOINTS}/{path.name}")
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for path in root.iterdir():  # incomplete step dirs of ours (a complete one was listed above)
+            if _STEP_DIR.match(path.name) and path.is_dir():
+                shutil.rmtree(path)
+                deleted.append(f"{CHECKPOINTS}/{path.name} (incomplete)")
+        if not any(root.iterdir()):
+            root.rmdir()
+    for name in (METRICS_FILE, CONFIG_FILE):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            deleted.append(name)
+    return deleted
+
+
+# ---------------------------------------------------------------------------------------------------- internals
+
+
+def _write_durably(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Bundled YAML recipes (pretraining configurations); `maebench pretrain --recipe NAME` finds them here."""

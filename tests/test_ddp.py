@@ -1,0 +1,90 @@
+"""`maebench pretrain` under `torchrun --nproc_per_node=2` on CPU (gloo): finishes, writes one set of checkpoints from
+rank 0, learns like one process, and resumes under DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from maebench import run_checkpoint as ckpt
+from maebench import trainer
+from maebench.config import PretrainConfig, apply_overrides
+
+SETTINGS = [
+    "data.clip_seconds=0.5", "data.num_workers=0", "train.batch_size=8", "train.log_every=2", "train.ckpt_every=6",
+    "train.keep_last=5", "train.device=cpu", "optim.lr=2e-3", "optim.warmup_steps=2",
+    "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, encoder_layers: 2, decoder_layers: 1}",
+]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("ddp_clips")
+    rng = np.random.default_rng(1)
+    t = np.arange(12000) / 16000
+    for i in range(32):
+        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(directory / f"clip_{i:03d}.wav", wav.astype(np.float32), 16000)
+    return directory
+
+
+def torchrun(run_dir: Path, data: Path, *extra: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    sets = [f"--set={s}" for s in [*SETTINGS, f"data.source={data}", f"run_dir={run_dir}"]]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "maebench", "pretrain", "--quiet", *sets, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_ddp_two_processes_train_checkpoint_and_resume(clips, tmp_path, monkeypatch):
+    run = tmp_path / "ddp"
+    done = torchrun(run, clips, "--max-steps", "12")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # one set of checkpoints, written once (by rank 0), holding both ranks' RNG streams
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000006", "step_00000012"]
+    state = ckpt.load_trainer_state(run / "checkpoints/step_00000012")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # ranks draw different masks
+    assert done.stdout.count("done: step 12") == 1  # only rank 0 reports
+    ddp_losses = losses(run)
+    assert sorted(ddp_losses) == [2, 4, 6, 8, 10, 12]  # one metrics line per logging step, not one per rank
+
+    # the same global batches in one process learn the same way (different mask draws: compare loosely)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    single = tmp_path / "single"
+    cfg = apply_overrides(PretrainConfig(), [*SETTINGS, f"data.source={clips}", f"run_dir={single}",
+                                             "train.max_steps=12"])
+    trainer.train(cfg, quiet=True)
+    one_losses = losses(single)
+    assert ddp_losses[12] < 0.8 * ddp_losses[2] and one_losses[12] < 0.8 * one_losses[2]
+    for step in ddp_losses:
+        assert ddp_losses[step] == pytest.approx(one_losses[step], rel=0.15), (ddp_losses, one_losses)
+
+    # resume under DDP with more steps: continues from step 12 with both ranks' state
+    more = torchrun(run, clips, "--max-steps", "16", "--resume")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "resuming from" in more.stdout and "done: step 16 (4 this run" in more.stdout
+    assert sorted(losses(run)) == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert ckpt.latest_checkpoint(run).name == "step_00000016"
+
+
+def test_ddp_user_error_stops_every_rank(tmp_path):
+    """A bad data path seen by rank 0 ends both processes with the one-line error, no hang until the timeout."""
+    bad = torchrun(tmp_path / "run", tmp_path / "missing", "--max-steps", "2", timeout=90)
+    assert bad.returncode != 0
+    assert bad.stderr.count("maebench: error:") == 2 and "missing" in bad.stderr
+    assert not (tmp_path / "run").exists()
