@@ -1,0 +1,89 @@
+"""Compare evaluations side by side (upstreams x tasks) against the MAE-AST paper's numbers.
+
+Reads results.json files under the given directories; with --upstream and --task it first runs the evaluations
+that are missing (maebench.downstream.evaluate). Prints a table and writes compare.md, compare.csv and compare.png
+(matplotlib) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="*", metavar="RESULTS_DIR",
+                        help="directories searched recursively for results.json (or results.json files)")
+    parser.add_argument("--upstream", action="append", default=[], metavar="PATH|PRESET",
+                        help="an upstream to include; repeat for several (evaluated where results are missing)")
+    parser.add_argument("--task", action="append", default=[], metavar="TASK",
+                        help="a task to include (as20k, esc50, ks2, ks1, sid, er or all); repeat for several")
+    parser.add_argument("--probe", default="linear", help="probe for missing evaluations (default: linear)")
+    parser.add_argument("--data", default=None, metavar="ROOT", help="dataset root for missing evaluations "
+                        "(default: the built-in toy data)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds for missing evaluations (default: 1)")
+    parser.add_argument("--reference", default=None, metavar="KEY",
+                        help="paper row to take differences against for every row (default: inferred per row: "
+                        "mae_ast_patch, mae_ast_frame, mae_ast_patch_6, mae_ast_frame_6, ssast_patch, ssast_frame)")
+    parser.add_argument("--out", default="runs/compare", metavar="DIR",
+                        help="where compare.md/.csv/.png go (default: runs/compare)")
+    parser.add_argument("--no-png", action="store_true", help="skip the bar chart")
+    parser.add_argument("--quiet", action="store_true", help="no progress output from evaluations")
+
+
+def _matches(result, spec: str) -> bool:
+    if result.upstream == spec:
+        return True
+    if result.upstream_path:
+        candidate = Path(spec).expanduser()
+        return candidate.exists() and Path(result.upstream_path).resolve() in (
+            candidate.resolve(), *candidate.resolve().glob("checkpoints/step_*"))
+    return False
+
+
+def _tasks(requested: list[str]) -> list[str]:
+    from maebench.compare import TASK_LABELS
+
+    tasks: list[str] = []
+    for name in requested:
+        for task in (TASK_LABELS if name == "all" else [name]):
+            if task not in tasks:
+                tasks.append(task)
+    return tasks
+
+
+def run(args: argparse.Namespace) -> int:
+    from maebench.compare import build_comparison, find_results, read_result, render_rich, write_outputs
+    from maebench.errors import MaebenchError
+
+    if args.task and not args.upstream:
+        raise MaebenchError("--task needs at least one --upstream to evaluate")
+    if not args.results and not args.upstream:
+        raise MaebenchError("nothing to compare: pass results directories and/or --upstream with --task")
+    results = find_results(args.results)
+    out = Path(args.out)
+    tasks = _tasks(args.task)
+    if args.upstream and tasks:
+        from maebench.downstream.evaluate import evaluate
+
+        for spec in args.upstream:
+            for task in tasks:
+                if any(r.task == task and r.probe == args.probe and _matches(r, spec) for r in results):
+                    continue
+                record = evaluate(task, spec, data_root=args.data, probe=args.probe, seeds=args.seeds,
+                                  out_dir=out / "evals", quiet=args.quiet, show_table=False)
+                results.append(read_result(record["results_path"]))
+    elif args.upstream:
+        results = [r for r in results if any(_matches(r, spec) for spec in args.upstream)]
+    if not results:
+        raise MaebenchError(f"no results.json found under {', '.join(args.results)}; run `maebench eval` first")
+
+    comparison = build_comparison(results, reference=args.reference)
+    render_rich(comparison)
+    written = write_outputs(comparison, out, png=not args.no_png)
+    for kind in ("markdown", "csv", "png"):
+        if kind in written:
+            print(f"wrote {written[kind]}")
+    if "png_skipped" in written:
+        print(f"note: {written['png_skipped']}")
+    return 0

@@ -1,0 +1,364 @@
+"""Side-by-side comparison of evaluations: upstreams x tasks from results.json files, next to the MAE-AST paper's
+numbers for MAE-AST and SSAST, as a rich table, Markdown, CSV and a PNG bar chart.
+
+Only results.json files are read (design rule: reports come from these files alone). Each (upstream, probe) pair is
+one row; when the same pair was evaluated on a task more than once, the newest result counts. A row is compared
+against the paper row of the same family and tokenizer (inferred from the upstream's preset name or checkpoint
+config, or forced with `reference=`); the paper's numbers are fine-tuned, so a frozen-probe row is expected lower.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maebench.errors import MaebenchError
+
+__all__ = [
+    "PAPER",
+    "TASK_LABELS",
+    "Comparison",
+    "Reference",
+    "Result",
+    "Row",
+    "build_comparison",
+    "find_results",
+    "read_result",
+    "render_csv",
+    "render_markdown",
+    "render_rich",
+    "write_outputs",
+    "write_png",
+]
+
+# task key -> column label, in the paper's column order
+TASK_LABELS: dict[str, str] = {
+    "as20k": "AS-20K", "esc50": "ESC-50", "ks2": "KS2", "ks1": "KS1", "sid": "SID", "er": "ER",
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    key: str
+    label: str
+    scores: dict[str, float]
+
+
+# The MAE-AST paper's table (Baade et al. 2022; accuracy %, AS-20K mAP %), fine-tuned upstreams.
+PAPER: dict[str, Reference] = {ref.key: ref for ref in (
+    Reference("ssast_patch", "SSAST Base Patch-400 (paper)",
+              {"as20k": 28.6, "esc50": 88.8, "ks2": 98.0, "ks1": 96.0, "sid": 64.3, "er": 59.6}),
+    Reference("ssast_frame", "SSAST Base Frame-400 (paper)",
+              {"esc50": 85.9, "ks2": 98.1, "ks1": 96.7, "sid": 80.8, "er": 60.5}),
+    Reference("mae_ast_patch_6", "MAE-AST Patch 6L (paper)",
+              {"as20k": 28.3, "esc50": 88.6, "ks2": 97.4, "ks1": 95.0, "sid": 37.6, "er": 58.7}),
+    Reference("mae_ast_frame_6", "MAE-AST Frame 6L (paper)",
+              {"as20k": 25.9, "esc50": 88.0, "ks2": 97.8, "ks1": 96.6, "sid": 58.6, "er": 60.2}),
+    Reference("mae_ast_patch", "MAE-AST Patch 12L (paper)",
+              {"as20k": 30.6, "esc50": 90.0, "ks2": 97.9, "ks1": 95.8, "er": 59.8}),
+    Reference("mae_ast_frame", "MAE-AST Frame 12L (paper)",
+              {"as20k": 23.0, "esc50": 88.9, "ks2": 98.0, "ks1": 97.3, "sid": 63.3, "er": 62.1}),
+)}
+PAPER_NOTE = "Paper rows: MAE-AST paper (Baade et al., 2022), fine-tuned upstreams; AS-20K is mAP %, others accuracy %."
+
+
+@dataclass(frozen=True)
+class Result:
+    """The fields of one results.json that the comparison needs."""
+
+    path: Path
+    task: str
+    metric: str
+    score: float
+    std: float | None
+    upstream: str
+    upstream_path: str | None
+    family: str
+    probe: str
+    created: str
+    toy: bool = False
+
+
+@dataclass
+class Row:
+    label: str
+    upstream: str
+    probe: str
+    family: str
+    upstream_path: str | None
+    toy: bool = False
+    results: dict[str, Result] = field(default_factory=dict)
+    reference: Reference | None = None
+
+    def delta(self, task: str) -> float | None:
+        if self.reference is None or task not in self.results or task not in self.reference.scores:
+            return None
+        return self.results[task].score - self.reference.scores[task]
+
+
+@dataclass
+class Comparison:
+    tasks: list[str]
+    rows: list[Row]
+    references: list[Reference]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _number(value: Any, path: Path, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MaebenchError(f"{path}: {key} must be a number, got {value!r}; the results file is corrupt")
+    return float(value)
+
+
+def read_result(path: str | Path) -> Result:
+    """Parse one results.json (MaebenchError naming the file and field if it is not one)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MaebenchError(f"{path}: not a readable JSON file ({err}); re-run the evaluation") from None
+    if not isinstance(data, dict) or "maebench_results" not in data:
+        raise MaebenchError(f"{path}: not a maebench results file (no \"maebench_results\" field)")
+    for key in ("task", "metric", "score", "upstream"):
+        if key not in data:
+            raise MaebenchError(f"{path}: missing field {key!r}; the results file is incomplete")
+    upstream = data["upstream"] if isinstance(data["upstream"], dict) else {"name": str(data["upstream"])}
+    probe = data.get("probe") or {}
+    std = data.get("std")
+    toy = bool((data.get("data") or {}).get("toy")) if isinstance(data.get("data"), dict) else False
+    return Result(
+        path=path,
+        task=str(data["task"]),
+        metric=str(data["metric"]),
+        score=_number(data["score"], path, "score"),
+        std=None if std is None else _number(std, path, "std"),
+        upstream=str(upstream.get("name") or upstream.get("path") or "?"),
+        upstream_path=upstream.get("path"),
+        family=str(upstream.get("family") or ""),
+        probe=str(probe.get("name") if isinstance(probe, dict) else probe or "?"),
+        created=str(data.get("created") or ""),
+        toy=toy,
+    )
+
+
+def find_results(paths: list[str | Path]) -> list[Result]:
+    """Every results.json in `paths` (files, or directories searched recursively)."""
+    found: list[Result] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(read_result(path))
+        elif path.is_dir():
+            files = sorted(path.rglob("results.json"))
+            found.extend(read_result(f) for f in files)
+        else:
+            raise MaebenchError(f"results path {path} does not exist; pass results directories or results.json files")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Building the table
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_config(upstream_path: str | None) -> dict[str, Any] | None:
+    """`config` of a native checkpoint (or a run's newest checkpoint) named in results.json, if still there."""
+    if not upstream_path:
+        return None
+    path = Path(upstream_path)
+    candidates = [path / "config.json"]
+    if (path / "checkpoints").is_dir():
+        candidates += sorted((path / "checkpoints").glob("step_*/config.json"), reverse=True)
+    for candidate in candidates:
+        try:
+            meta = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            return meta["config"]
+    return None
+
+
+def infer_reference(upstream: str, family: str, upstream_path: str | None) -> Reference | None:
+    """The paper row of the same family and tokenizer: from a preset name ('mae_ast_frame:tiny') or the
+    checkpoint's config (tokenizer, encoder depth); None when neither tells."""
+    name = upstream.lower()
+    for key in ("mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame"):
+        if name.split(":")[0].endswith(key):
+            return PAPER[key]
+    config = _checkpoint_config(upstream_path) or {}
+    tokenizer = config.get("tokenizer")
+    if family in ("mae_ast", "ssast") and tokenizer in ("patch", "frame"):
+        key = f"{family}_{tokenizer}"
+        if family == "mae_ast" and config.get("encoder_layers") == 6:
+            key += "_6"
+        return PAPER[key]
+    return None
+
+
+def build_comparison(results: list[Result], reference: str | None = None) -> Comparison:
+    """Rows per (upstream, probe), columns per task (paper order, then others), newest result per cell."""
+    if reference is not None and reference not in PAPER:
+        raise MaebenchError(f"unknown reference {reference!r}; choose one of {', '.join(PAPER)}")
+    probes = {r.probe for r in results}
+    rows: dict[tuple[str, str, bool], Row] = {}
+    for result in sorted(results, key=lambda r: r.created):
+        key = (result.upstream, result.probe, result.toy)
+        if key not in rows:
+            label = result.upstream if len(probes) == 1 else f"{result.upstream} ({result.probe})"
+            label += " [toy data]" if result.toy else ""
+            rows[key] = Row(label, result.upstream, result.probe, result.family, result.upstream_path, result.toy)
+        rows[key].results[result.task] = result  # sorted by creation: the newest wins
+    for row in rows.values():
+        row.reference = PAPER[reference] if reference else infer_reference(row.upstream, row.family,
+                                                                          row.upstream_path)
+    seen = {r.task for r in results}
+    tasks = [t for t in TASK_LABELS if t in seen] + sorted(seen - set(TASK_LABELS))
+    used = [ref for ref in PAPER.values() if any(row.reference is ref for row in rows.values())]
+    return Comparison(tasks=tasks, rows=list(rows.values()), references=used or list(PAPER.values()))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _score(result: Result | None) -> str:
+    if result is None:
+        return "–"
+    return f"{result.score:.1f} ± {result.std:.1f}" if result.std is not None else f"{result.score:.1f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.1f}"
+
+
+def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    header = ["upstream"] + [TASK_LABELS.get(t, t) for t in comparison.tasks]
+    lines: list[list[str]] = []
+    for row in comparison.rows:
+        lines.append([row.label] + [_score(row.results.get(t)) for t in comparison.tasks])
+        if row.reference is not None:
+            lines.append([f"  Δ vs {row.reference.label}"] + [_signed(row.delta(t)) for t in comparison.tasks])
+    for ref in comparison.references:
+        lines.append([ref.label] + [
+            f"{ref.scores[t]:.1f}" if t in ref.scores else "–" for t in comparison.tasks
+        ])
+    return header, lines
+
+
+def render_markdown(comparison: Comparison) -> str:
+    header, lines = _table_lines(comparison)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in line) + " |" for line in lines]
+    return "\n".join(out) + f"\n\n{PAPER_NOTE}\n"
+
+
+def render_csv(comparison: Comparison) -> str:
+    """One line per row kind: result rows (score + std per task), their delta rows, and the paper rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = []
+    for task in comparison.tasks:
+        columns += [task, f"{task}_std"]
+    writer.writerow(["kind", "upstream", "probe", "toy_data", "reference", *columns])
+
+    def fmt(value: float | None) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    for row in comparison.rows:
+        ref = row.reference.key if row.reference else ""
+        values = []
+        for task in comparison.tasks:
+            result = row.results.get(task)
+            values += [fmt(result.score if result else None), fmt(result.std if result else None)]
+        writer.writerow(["result", row.upstream, row.probe, int(row.toy), ref, *values])
+        if row.reference is not None:
+            deltas = []
+            for task in comparison.tasks:
+                deltas += [fmt(row.delta(task)), ""]
+            writer.writerow(["delta", row.upstream, row.probe, int(row.toy), ref, *deltas])
+    for reference in comparison.references:
+        values = []
+        for task in comparison.tasks:
+            values += [fmt(reference.scores.get(task)), ""]
+        writer.writerow(["paper", reference.label, "finetune", 0, reference.key, *values])
+    return buffer.getvalue()
+
+
+def render_rich(comparison: Comparison, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    header, lines = _table_lines(comparison)
+    table = Table(title="maebench compare", caption=PAPER_NOTE)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for line in lines:
+        style = "dim" if line[0].endswith("(paper)") else ("italic" if line[0].startswith("  Δ") else None)
+        table.add_row(*(escape(cell) for cell in line), style=style)
+    (console or Console()).print(table)
+
+
+def write_png(comparison: Comparison, path: str | Path) -> Path:
+    """Grouped bar chart: one group per task, one bar per result row (with std) and per paper row (hatched)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MaebenchError(
+            "the PNG chart needs matplotlib, which is not installed: pip install 'maebench[plot]'"
+        ) from None
+    path = Path(path)
+    series = [(row.label, [row.results[t].score if t in row.results else float("nan") for t in comparison.tasks],
+               [(row.results[t].std or 0.0) if t in row.results else 0.0 for t in comparison.tasks], False)
+              for row in comparison.rows]
+    series += [(ref.label, [ref.scores.get(t, float("nan")) for t in comparison.tasks], None, True)
+               for ref in comparison.references]
+    count = max(1, len(series))
+    width = 0.8 / count
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(comparison.tasks) + 0.25 * count), 4.2))
+    for i, (label, values, errors, hatched) in enumerate(series):
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(comparison.tasks))]
+        ax.bar(xs, values, width, yerr=errors, label=label, capsize=2,
+               hatch="//" if hatched else None, alpha=0.55 if hatched else 0.95, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(range(len(comparison.tasks)))
+    ax.set_xticklabels([TASK_LABELS.get(t, t) for t in comparison.tasks])
+    ax.set_ylabel("score (%; AS-20K mAP, others accuracy)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(comparison: Comparison, out_dir: str | Path, *, png: bool = True) -> dict[str, Path | str]:
+    """compare.md, compare.csv and (matplotlib permitting) compare.png in `out_dir`; returns what was written, and
+    under "png_skipped" why the chart was not."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path | str] = {}
+    (out / "compare.md").write_text(render_markdown(comparison), encoding="utf-8")
+    written["markdown"] = out / "compare.md"
+    (out / "compare.csv").write_text(render_csv(comparison), encoding="utf-8")
+    written["csv"] = out / "compare.csv"
+    if png:
+        try:
+            written["png"] = write_png(comparison, out / "compare.png")
+        except MaebenchError as err:
+            written["png_skipped"] = str(err)
+    return written

@@ -1,0 +1,176 @@
+"""`maebench compare`: tables from hand-made results.json files, Markdown/CSV contents, the PNG, the paper rows."""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from maebench.cli import main as cli_main
+from maebench.compare import PAPER, build_comparison, find_results, render_csv, render_markdown, write_outputs
+from maebench.errors import MaebenchError
+
+
+def write_result(root: Path, name: str, task: str, score: float, std: float | None = 0.5, *,
+                 upstream: str = "mae_ast_patch:base", family: str = "mae_ast", path: str | None = None,
+                 probe: str = "linear", created: str = "2026-01-01T00:00:00", toy: bool = False) -> Path:
+    """One results.json in the CONTRACTS format."""
+    directory = root / name
+    directory.mkdir(parents=True)
+    record = {
+        "maebench_results": 1, "task": task, "metric": "mAP" if task == "as20k" else "accuracy",
+        "score": score, "std": std, "runs": [{"fold": "default", "seed": 0, "score": score}],
+        "upstream": {"name": upstream, "path": path, "family": family, "config_hash": "c", "fingerprint": "f"},
+        "probe": {"name": probe, "hparams": {}}, "layers": {"weights": [0.5, 0.5]},
+        "data": {"root": None, "toy": toy}, "timings": {"total_s": 1.0}, "versions": {"maebench": "0.1.0"},
+        "created": created,
+    }
+    (directory / "results.json").write_text(json.dumps(record))
+    return directory / "results.json"
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    write_result(root, "a", "ks2", 97.1, 0.3)
+    write_result(root, "b", "esc50", 85.0, 1.25)
+    write_result(root, "c", "ks2", 95.0, 0.2, created="2025-01-01T00:00:00")  # older duplicate: ignored
+    write_result(root, "d", "ks2", 96.5, 0.1, upstream="ssast_frame:base", family="ssast")
+    write_result(root, "e", "sid", 61.0, None, upstream="ssast_frame:base", family="ssast")
+    return root
+
+
+def test_table_values_and_inferred_references(results_dir):
+    comparison = build_comparison(find_results([results_dir]))
+    assert comparison.tasks == ["esc50", "ks2", "sid"]  # paper column order
+    mae, ssast = comparison.rows
+    assert mae.label == "mae_ast_patch:base" and mae.reference is PAPER["mae_ast_patch"]
+    assert mae.results["ks2"].score == 97.1  # the newest of the two ks2 results
+    assert mae.delta("ks2") == pytest.approx(97.1 - 97.9) and mae.delta("esc50") == pytest.approx(85.0 - 90.0)
+    assert mae.delta("sid") is None  # no result, and no paper number for 12-layer MAE-AST Patch SID
+    assert ssast.reference is PAPER["ssast_frame"]
+    assert ssast.delta("sid") == pytest.approx(61.0 - 80.8)
+    assert [ref.key for ref in comparison.references] == ["ssast_frame", "mae_ast_patch"]
+
+
+def test_markdown_and_csv_contents(results_dir):
+    comparison = build_comparison(find_results([results_dir]))
+    markdown = render_markdown(comparison)
+    lines = markdown.splitlines()
+    assert lines[0] == "| upstream | ESC-50 | KS2 | SID |"
+    assert "| mae_ast_patch:base | 85.0 ± 1.2 | 97.1 ± 0.3 | – |" in lines
+    assert "| Δ vs MAE-AST Patch 12L (paper) | -5.0 | -0.8 | – |" in lines
+    assert "| ssast_frame:base | – | 96.5 ± 0.1 | 61.0 |" in lines
+    assert "| Δ vs SSAST Base Frame-400 (paper) | – | -1.6 | -19.8 |" in lines
+    assert "| SSAST Base Frame-400 (paper) | 85.9 | 98.1 | 80.8 |" in lines
+    assert "fine-tuned" in markdown
+    rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
+    result = next(r for r in rows if r["kind"] == "result" and r["upstream"] == "mae_ast_patch:base")
+    assert (result["ks2"], result["ks2_std"], result["esc50"], result["sid"]) == ("97.1", "0.3", "85", "")
+    delta = next(r for r in rows if r["kind"] == "delta" and r["upstream"] == "ssast_frame:base")
+    assert float(delta["sid"]) == pytest.approx(-19.8)
+    paper = [r for r in rows if r["kind"] == "paper"]
+    assert {r["reference"] for r in paper} == {"ssast_frame", "mae_ast_patch"}
+
+
+def test_reference_from_checkpoint_config_and_override(tmp_path):
+    run = tmp_path / "my_run"
+    ckpt = run / "checkpoints" / "step_00000100"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps({"family": "mae_ast", "config": {"tokenizer": "frame",
+                                                                                   "encoder_layers": 6}}))
+    write_result(tmp_path / "r", "x", "er", 55.0, upstream=str(run), path=str(ckpt))
+    results = find_results([tmp_path / "r"])
+    assert build_comparison(results).rows[0].reference is PAPER["mae_ast_frame_6"]
+    assert build_comparison(results, reference="ssast_patch").rows[0].delta("er") == pytest.approx(55.0 - 59.6)
+    with pytest.raises(MaebenchError, match="unknown reference 'nope'"):
+        build_comparison(results, reference="nope")
+
+
+def test_probes_and_toy_data_get_their_own_rows(tmp_path):
+    write_result(tmp_path, "a", "ks2", 90.0, probe="linear")
+    write_result(tmp_path, "b", "ks2", 92.0, probe="finetune")
+    write_result(tmp_path, "c", "ks2", 50.0, probe="linear", toy=True)
+    comparison = build_comparison(find_results([tmp_path]))
+    labels = [row.label for row in comparison.rows]
+    assert labels == ["mae_ast_patch:base (linear)", "mae_ast_patch:base (finetune)",
+                      "mae_ast_patch:base (linear) [toy data]"]
+    from rich.console import Console
+
+    from maebench.compare import render_rich
+
+    console = Console(file=io.StringIO(), width=200)
+    render_rich(comparison, console)
+    assert "mae_ast_patch:base (linear) [toy data]" in console.file.getvalue()  # not swallowed as markup
+
+
+def test_png_written_and_missing_matplotlib_is_explained(results_dir, tmp_path, monkeypatch):
+    comparison = build_comparison(find_results([results_dir]))
+    written = write_outputs(comparison, tmp_path / "out")
+    assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert written["png"].stat().st_size > 5000
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    written = write_outputs(comparison, tmp_path / "out2")
+    assert "png" not in written and "pip install 'maebench[plot]'" in written["png_skipped"]
+    assert (tmp_path / "out2" / "compare.md").is_file() and not (tmp_path / "out2" / "compare.png").exists()
+
+
+def test_cli_writes_the_three_files(results_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli_main(["compare", str(results_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "97.1 ± 0.3" in printed and "MAE-AST Patch 12L (paper)" in printed
+    assert {p.name for p in out.iterdir()} == {"compare.md", "compare.csv", "compare.png"}
+    assert "| mae_ast_patch:base | 85.0 ± 1.2 | 97.1 ± 0.3 | – |" in (out / "compare.md").read_text()
+
+
+def test_cli_bad_input_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text('{"maebench_results": 1, "task": "ks2", "metric": "accuracy", "score": "high", "upstream": {}}')
+    assert cli_main(["compare", str(tmp_path / "bad"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "score must be a number" in err and str(bad) in err and "\n" not in err
+    assert cli_main(["compare", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["compare", "--task", "ks2"]) == 2
+
+
+def test_cli_runs_only_the_missing_evaluations(results_dir, tmp_path, monkeypatch, capsys):
+    import inspect
+
+    import maebench.downstream.evaluate as evaluate_module
+
+    real_signature = inspect.signature(evaluate_module.evaluate)
+    calls = []
+
+    def fake_evaluate(task, spec, **kwargs):
+        real_signature.bind(task, spec, **kwargs)  # the call must fit the real evaluate()
+        calls.append((task, spec, kwargs["probe"], Path(kwargs["out_dir"])))
+        out_dir, probe = Path(kwargs["out_dir"]), kwargs["probe"]
+        path = write_result(Path(out_dir), f"{task}-{spec}", task, 42.0, upstream=spec, probe=probe)
+        return {"results_path": str(path)}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    out = tmp_path / "cmp"
+    code = cli_main(["compare", str(results_dir), "--upstream", "mae_ast_patch:base", "--upstream",
+                     "mae_ast_frame:tiny", "--task", "ks2", "--task", "esc50", "--out", str(out), "--no-png"])
+    assert code == 0
+    # mae_ast_patch:base already has linear ks2 + esc50 results; only the new upstream is evaluated
+    assert sorted(c[:3] for c in calls) == [("esc50", "mae_ast_frame:tiny", "linear"),
+                                            ("ks2", "mae_ast_frame:tiny", "linear")]
+    assert all(c[3] == out / "evals" for c in calls)
+    markdown = (out / "compare.md").read_text()
+    assert "| mae_ast_frame:tiny | 42.0 ± 0.5 | 42.0 ± 0.5 |" in markdown
