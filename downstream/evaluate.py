@@ -1,0 +1,212 @@
+"""One evaluation: a task x an upstream x a probe, over every fold and seed, aggregated into `results.json`.
+
+Aggregation: each fold's score is the mean over seeds; the reported score is the mean over folds, and the std is
+over folds for cross-validated tasks (ESC-50, ER: as the papers report) or over seeds for single-split tasks.
+Run directories are never reused: `<out>/<task>-<upstream>-<probe>`, then `-1`, `-2`, ... if that exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maebench.downstream.metrics import mean_std
+from maebench.downstream.probes import PROBES, ProbeResult, resolve_hparams, run_probe
+from maebench.errors import MaebenchError
+from maebench.upstream.interface import Upstream
+
+RESULTS_FORMAT = 1
+DEFAULT_OUT = Path("runs/eval")
+
+
+def resolve_upstream(spec: str | Path | Upstream) -> tuple[Upstream, dict[str, Any]]:
+    """The model and its identity for results.json: a preset name, a checkpoint/run path, or a ready Upstream."""
+    from maebench.upstream.registry import config_hash, find_run_checkpoint, fingerprint, load
+
+    if isinstance(spec, Upstream):
+        model, name, path = spec, spec.family or type(spec).__name__, None
+    else:
+        # presets are random inits: seed them so a random-init baseline is reproducible (and its features cached)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = load(spec)
+        candidate = Path(str(spec)).expanduser()
+        if candidate.is_dir() and (candidate / "checkpoints").is_dir():
+            candidate = find_run_checkpoint(candidate)  # record the exact checkpoint a run directory resolved to
+        name, path = str(spec), (str(candidate.resolve()) if candidate.exists() else None)
+    identity = {"name": name, "path": path, "family": model.family, "config_hash": config_hash(model),
+                "fingerprint": fingerprint(model)}
+    return model, identity
+
+
+def upstream_slug(identity: dict[str, Any]) -> str:
+    """A short file-name-safe name: the preset (':' -> '-'), or the run / checkpoint directory name."""
+    if identity["path"] is None:
+        text = identity["name"]
+    else:
+        path = Path(identity["path"])
+        text = f"{path.parents[1].name}-{path.name}" if path.parent.name == "checkpoints" else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "upstream"
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    """Create and return `base/name`, or `base/name-N` with the first free N (never an existing directory)."""
+    base.mkdir(parents=True, exist_ok=True)
+    for index in range(10_000):
+        candidate = base / (name if index == 0 else f"{name}-{index}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise MaebenchError(f"too many runs named {name} in {base}; pass another --out")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate(
+    task_name: str, upstream_spec: str | Path | Upstream, *, data_root: str | Path | None = None,
+    probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
+    show_table: bool = True, num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate one upstream on one task with one probe; writes and returns the results.json content
+    (its path under the key "results_path", which is not written to the file)."""
+    from maebench.downstream.tasks import load_task
+
+    if probe not in PROBES:
+        raise MaebenchError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
+    if seeds < 1:
+        raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
+    started = time.perf_counter()
+    task = load_task(task_name, data_root)
+    hparams = resolve_hparams(probe, task, overrides)
+    model, identity = resolve_upstream(upstream_spec)
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    if num_workers is None:
+        num_workers = 0 if task.is_toy else min(8, max(1, (os.cpu_count() or 2) - 1))
+    cache_options = {"upstream_fingerprint": identity["fingerprint"], "data_fingerprint": task.data_fingerprint(),
+                     "num_workers": num_workers}
+
+    results: list[tuple[str, int, ProbeResult]] = []
+    for fold in task.folds:
+        for seed in range(seeds):
+            run_model = copy.deepcopy(model) if probe == "finetune" else model
+            result = run_probe(probe, run_model, task, fold, seed=seed, hparams=copy.deepcopy(hparams),
+                               quiet=quiet, cache_options=cache_options, num_workers=num_workers)
+            results.append((fold.name, seed, result))
+            del run_model
+
+    record = _results_record(task, identity, probe, hparams, results, time.perf_counter() - started)
+    run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
+                          f"{task.name}-{upstream_slug(identity)}-{probe}")
+    results_path = run_dir / "results.json"
+    write_json_atomic(results_path, record)
+    if show_table and not quiet:
+        print_results_table([record])
+    return {**record, "results_path": str(results_path)}
+
+
+def _results_record(task, identity: dict, probe: str, hparams: dict, results: list[tuple[str, int, ProbeResult]],
+                    total_s: float) -> dict[str, Any]:
+    by_fold: dict[str, list[float]] = {}
+    for fold, _, result in results:
+        by_fold.setdefault(fold, []).append(result.score)
+    fold_means = [mean_std(scores)[0] for scores in by_fold.values()]
+    if len(by_fold) > 1:
+        score, std = mean_std(fold_means)
+    else:
+        score, std = mean_std(next(iter(by_fold.values())))
+    runs = []
+    for fold, seed, result in results:
+        entry = {"fold": fold, "seed": seed, "score": round(result.score, 4),
+                 "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
+        for key in ("selected_layer", "selected_C"):
+            if key in result.hparams:
+                entry[key] = result.hparams[key]
+        if "best_step" in result.details:
+            entry["best_step"] = result.details["best_step"]
+        runs.append(entry)
+    return {
+        "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,
+        "score": round(score, 4), "std": round(std, 4), "runs": runs, "upstream": identity,
+        "probe": {"name": probe, "hparams": _jsonable(hparams)}, "layers": _mean_layers(results),
+        "data": {"root": str(Path(task.root).resolve()), "toy": bool(task.is_toy)},
+        "timings": {"extract_s": round(sum(r.timings.get("extract_s", 0.0) for _, _, r in results), 3),
+                    "train_s": round(sum(r.timings.get("train_s", 0.0) for _, _, r in results), 3),
+                    "total_s": round(total_s, 3)},
+        "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _mean_layers(results: list[tuple[str, int, ProbeResult]]) -> dict[str, list[float]]:
+    """Per-layer weights (linear) or dev scores (logreg), averaged over runs."""
+    out: dict[str, list[float]] = {}
+    for key in ("weights", "scores", "test_scores"):
+        rows = [r.layers[key] for _, _, r in results if key in r.layers]
+        if rows:
+            out[key] = [round(sum(column) / len(column), 6) for column in zip(*rows, strict=True)]
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import sklearn
+
+    import maebench
+
+    return {"maebench": maebench.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "sklearn": sklearn.__version__, "python": platform.python_version()}
+
+
+def print_results_table(records: list[dict[str, Any]]) -> None:
+    """The final summary: one row per evaluation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="maebench eval")
+    for name, justify in (("task", "left"), ("upstream", "left"), ("probe", "left"), ("metric", "left"),
+                          ("score", "right"), ("std", "right"), ("runs", "right"), ("time", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for record in records:
+        table.add_row(
+            record["task"], record["upstream"]["name"], record["probe"]["name"], record["metric"],
+            f"{record['score']:.2f}", f"{record['std']:.2f}", str(len(record["runs"])),
+            f"{record['timings']['total_s']:.1f}s",
+        )
+    console = Console()
+    console.print(table)
+    for record in records:
+        if record.get("results_path"):
+            console.print(f"{record['task']}: {record['results_path']}", soft_wrap=True)

@@ -1,0 +1,324 @@
+"""Frozen-upstream features, computed once and memory-mapped from disk for the `linear` and `logreg` probes.
+
+Why pooled features are enough: the SUPERB head (softmax-weighted layer sum -> Linear(D, 256) -> masked mean over
+time -> Linear(256, C)) has no non-linearity between the projection and the pooling, and the layer sum and the
+projection are linear per frame, so masked mean-pooling commutes with both. Caching each layer's masked mean over
+valid frames, (N, L, D), therefore gives exactly the model trained on frame-level features, at a fraction of the
+storage and none of the per-step upstream cost (tests/test_feature_cache.py proves the equivalence in float64).
+
+A cache entry lives in `cache_dir()/features/<key>/` (`features.npy` (N, L, D) float32 + `index.json` with keys,
+labels, valid frame counts and what the key was made of) and holds every example of a task once, so the splits of
+all cross-validation folds, every probe and every seed read the same rows. The key covers everything the numbers
+depend on: the upstream fingerprint (weights + config), the task name and data fingerprint, the task's example
+list, the layer set, the evaluation crop, the pooling and the compute precision. Entries are written to a temporary
+directory and renamed into place, so a crash or a concurrent run never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch import Tensor
+
+from maebench.paths import cache_dir
+from maebench.upstream.interface import Upstream
+
+CACHE_FORMAT = 1
+POOLING = "masked_mean"
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second (rich's own columns show bytes or nothing)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "", style="progress.data.speed")
+
+
+def progress_bar(quiet: bool = False) -> Progress:
+    """A rich progress bar with count, rate and ETA; silent when `quiet` or when stderr is not a terminal."""
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        disable=quiet or not console.is_terminal, transient=False,
+    )
+
+
+@dataclass
+class FeatureSet:
+    """Per-layer masked-mean-pooled features of one split, in the order of the examples asked for."""
+
+    features: np.ndarray  # (N, L, D) float32: a read-only memory-mapped slice, or a copy for scattered rows
+    labels: list[Any]  # int, or tuple of class indices for multi-label tasks
+    lens: np.ndarray  # (N,) valid upstream frames each mean was taken over
+    keys: list[str]
+    directory: Path
+    hit: bool  # True when read from the cache without running the upstream
+    extract_s: float  # seconds spent running the upstream (0 on a hit)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.features.shape[1])
+
+
+def masked_mean(hidden: Tensor, lens: Tensor) -> Tensor:
+    """Mean over the first `lens[b]` frames of each item: (B, T, D), (B,) -> (B, D)."""
+    mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lens.to(hidden.device)[:, None]
+    summed = (hidden * mask[..., None].to(hidden.dtype)).sum(dim=1)
+    return summed / lens.to(hidden.device).clamp(min=1)[:, None].to(hidden.dtype)
+
+
+def example_key(example) -> str:
+    """A stable id of an example (the task's key, else its path and crop)."""
+    return example.key or f"{example.path}@{example.offset}+{example.num_samples}"
+
+
+def _label_json(label) -> int | list[int]:
+    return list(label) if isinstance(label, (tuple, list)) else int(label)
+
+
+def _label_from_json(label) -> int | tuple[int, ...]:
+    return tuple(label) if isinstance(label, list) else int(label)
+
+
+def feature_key(
+    *, upstream_fingerprint: str, task_name: str, data_fingerprint: str, examples: Sequence,
+    layers: Sequence[int] | None, max_eval_seconds: float | None, precision: str,
+) -> tuple[str, dict[str, Any]]:
+    """The cache key (hex) and the description it was hashed from (stored in the index for inspection)."""
+    examples_hash = hashlib.sha256()
+    for example in examples:
+        examples_hash.update(f"{example_key(example)}\t{_label_json(example.label)}\n".encode())
+    description = {
+        "format": CACHE_FORMAT, "upstream": upstream_fingerprint, "task": task_name, "data": data_fingerprint,
+        "examples": examples_hash.hexdigest(), "num_examples": len(examples),
+        "layers": None if layers is None else [int(i) for i in layers],
+        "max_eval_seconds": max_eval_seconds, "pooling": POOLING, "precision": precision,
+    }
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+    return key, description
+
+
+def task_examples(task) -> list:
+    """Every distinct example of the task (by `example_key`), fold by fold and split by split, so each split of
+    a single-split task is one contiguous block of rows."""
+    seen: dict[str, Any] = {}
+    for fold in task.folds:
+        for items in (fold.train, fold.dev, fold.test):
+            for example in items:
+                seen.setdefault(example_key(example), example)
+    return list(seen.values())
+
+
+def cached_features(
+    upstream: Upstream, task, examples: Sequence, *, upstream_fingerprint: str | None = None,
+    data_fingerprint: str | None = None, layers: Sequence[int] | None = None, batch_size: int = 32,
+    batch_seconds: float = 160.0, num_workers: int = 0, device: torch.device | str | None = None,
+    quiet: bool = True, root: Path | None = None,
+) -> FeatureSet:
+    """Pooled features of `examples` (examples of `task`). One cache entry holds every example of the task, so
+    cross-validation folds and probes share a single extraction; on a miss the whole task is extracted first."""
+    device = torch.device(device) if device is not None else next(_device_of(upstream))
+    if upstream_fingerprint is None:
+        from maebench.upstream.registry import fingerprint
+
+        upstream_fingerprint = fingerprint(upstream)
+    if data_fingerprint is None:
+        data_fingerprint = task.data_fingerprint()
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    everything = task_examples(task)
+    key, description = feature_key(
+        upstream_fingerprint=upstream_fingerprint, task_name=task.name, data_fingerprint=data_fingerprint,
+        examples=everything, layers=layers, max_eval_seconds=task.max_eval_seconds, precision=precision,
+    )
+    directory = (root or cache_dir()) / "features" / key
+    hit, extract_s = (directory / "index.json").exists(), 0.0
+    if not hit:
+        start = time.perf_counter()
+        _write_entry(
+            directory, upstream, task, everything, description=description, layers=layers, batch_size=batch_size,
+            batch_seconds=batch_seconds, num_workers=num_workers, device=device, quiet=quiet,
+        )
+        extract_s = time.perf_counter() - start
+    return _open_rows(directory, [example_key(e) for e in examples], hit=hit, extract_s=extract_s)
+
+
+def _device_of(module: torch.nn.Module) -> Iterator[torch.device]:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        yield tensor.device
+    yield torch.device("cpu")
+
+
+def _open_rows(directory: Path, keys: list[str], *, hit: bool, extract_s: float) -> FeatureSet:
+    """The rows of `keys` from an entry: a memory-mapped slice when they are contiguous, else a gathered copy."""
+    index = json.loads((directory / "index.json").read_text())
+    store = np.load(directory / "features.npy", mmap_mode="r")
+    position = {key: row for row, key in enumerate(index["keys"])}
+    missing = [key for key in keys if key not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} examples are not part of the task (first: {missing[0]})")
+    rows = np.asarray([position[key] for key in keys], dtype=np.int64)
+    contiguous = len(rows) > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+    features = store[rows[0] : rows[0] + len(rows)] if contiguous else store[rows]
+    lens = np.asarray(index["lens"], dtype=np.int64)[rows]
+    return FeatureSet(
+        features=features, labels=[_label_from_json(index["labels"][row]) for row in rows], lens=lens,
+        keys=list(keys), directory=directory, hit=hit, extract_s=extract_s,
+    )
+
+
+def _write_entry(directory: Path, upstream: Upstream, task, examples: Sequence, *, description: dict, **kwargs) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        features_path = tmp / "features.npy"
+        lens = _extract_to(features_path, upstream, task, examples, **kwargs)
+        index = {
+            "description": description, "keys": [example_key(e) for e in examples],
+            "labels": [_label_json(e.label) for e in examples], "lens": lens.tolist(),
+        }
+        with open(tmp / "index.json", "w") as handle:
+            json.dump(index, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if not (directory / "index.json").exists():  # not a concurrent writer that got there first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _ExampleAudio(torch.utils.data.Dataset):
+    """Waveforms of `examples` cropped to the task's evaluation length, for DataLoader workers."""
+
+    def __init__(self, task, examples: Sequence, max_samples: int | None, min_samples: int):
+        self.task, self.examples, self.max_samples, self.min_samples = task, examples, max_samples, min_samples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor]:
+        return index, read_for_eval(self.task, self.examples[index], self.max_samples, self.min_samples)
+
+
+def read_for_eval(task, example, max_samples: int | None, min_samples: int) -> Tensor:
+    """The evaluation waveform: the first `max_samples`, zero-padded to `min_samples` so every clip yields a frame."""
+    wav = task.read(example)
+    if max_samples is not None:
+        wav = wav[:max_samples]
+    if wav.numel() < min_samples:
+        wav = torch.nn.functional.pad(wav, (0, min_samples - wav.numel()))
+    return wav
+
+
+def min_input_samples(upstream: Upstream) -> int:
+    """Shortest input that gives every upstream at least one output frame (one 400-sample fbank window more
+    than a frame's stride covers the patch models' 16-frame tokens)."""
+    return int(upstream.downsample_rate) + 400
+
+
+def pad_batch(wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Right-pad 1-D waveforms with zeros: (B, max N) and their lengths (B,)."""
+    lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+    batch = torch.zeros(len(wavs), int(lens.max()))
+    for row, wav in enumerate(wavs):
+        batch[row, : wav.numel()] = wav
+    return batch, lens
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, batch_samples: int) -> list[list[int]]:
+    """Indices grouped longest-first into batches of at most `batch_size` items and `batch_samples` padded samples
+    (one over-long item still forms a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= batch_samples:
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def eval_batches(
+    upstream: Upstream, task, examples: Sequence, *, batch_size: int = 16, batch_seconds: float = 160.0,
+    num_workers: int = 0,
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """(indices into `examples`, padded waveforms (B, N), lengths (B,)) of evaluation-cropped clips, read in chunks
+    (optionally by DataLoader workers) and length-sorted within each chunk so batches carry little padding without
+    holding a whole split in memory."""
+    sample_rate = int(upstream.sample_rate)
+    max_samples = None if task.max_eval_seconds is None else int(task.max_eval_seconds * sample_rate)
+    dataset = _ExampleAudio(task, examples, max_samples, min_input_samples(upstream))
+    chunk = max(batch_size * 16, 256)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=chunk, shuffle=False, num_workers=num_workers, collate_fn=list,
+    )
+    for items in loader:
+        lengths = [wav.numel() for _, wav in items]
+        for group in length_batches(lengths, batch_size, int(batch_seconds * sample_rate)):
+            wavs, lens = pad_batch([items[i][1] for i in group])
+            yield [items[i][0] for i in group], wavs, lens
+
+
+def _extract_to(
+    path: Path, upstream: Upstream, task, examples: Sequence, *, layers: Sequence[int] | None,
+    batch_size: int, batch_seconds: float, num_workers: int, device: torch.device, quiet: bool,
+) -> np.ndarray:
+    """Run the frozen upstream over `examples` in length-sorted padded batches; write (N, L, D) pooled features."""
+    if not examples:
+        raise ValueError("no examples to extract features from")
+    was_training = upstream.training
+    upstream.eval()
+    out: np.ndarray | None = None
+    lens_out = np.zeros(len(examples), dtype=np.int64)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    batches = eval_batches(upstream, task, examples, batch_size=batch_size, batch_seconds=batch_seconds,
+                           num_workers=num_workers)
+    try:
+        with progress_bar(quiet) as progress, torch.inference_mode(), autocast:
+            bar = progress.add_task(f"features {task.name}", total=len(examples))
+            for indices, wavs, lens in batches:
+                features = upstream(wavs.to(device), lens.to(device))
+                hidden = features.hidden_states if layers is None else [features.hidden_states[i] for i in layers]
+                frame_lens = features.lens.to(device)
+                pooled = torch.stack([masked_mean(h.float(), frame_lens) for h in hidden], dim=1)
+                if out is None:
+                    out = np.lib.format.open_memmap(
+                        path, mode="w+", dtype=np.float32, shape=(len(examples), *pooled.shape[1:]),
+                    )
+                out[indices] = pooled.cpu().numpy()
+                lens_out[indices] = frame_lens.cpu().numpy()
+                progress.advance(bar, len(indices))
+        assert out is not None
+        out.flush()
+        del out
+    finally:
+        upstream.train(was_training)
+    return lens_out

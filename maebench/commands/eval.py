@@ -1,0 +1,81 @@
+"""Evaluate an upstream on the paper's tasks with a linear, fine-tuned or logistic-regression probe.
+
+Without --upstream the latest `maebench pretrain` run is used; without --data a small toy version of the task (same
+layout as the real dataset) is built on first use. `--task all` runs the six tasks (with --data, ROOT/<task> holds
+each dataset) and prints one table. Each evaluation writes results.json into a new run directory under --out.
+
+Examples:
+  maebench eval --task ks2 --upstream mae_ast_patch:tiny
+  maebench eval --task esc50 --upstream runs/pretrain/demo --data ~/data/ESC-50-master --probe logreg
+  maebench eval --task all --probe linear --set max_steps=200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TASK_CHOICES = ("as20k", "esc50", "ks2", "ks1", "sid", "er", "as2m", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, choices=TASK_CHOICES, metavar="TASK",
+                        help="as20k | esc50 | ks2 | ks1 | sid | er | as2m | all (the paper's six)")
+    parser.add_argument("--upstream", metavar="PATH|PRESET",
+                        help="checkpoint dir, training run dir, official checkpoint file or preset such as "
+                             "mae_ast_patch:tiny (default: the latest `maebench pretrain` run)")
+    parser.add_argument("--data", metavar="ROOT", help="dataset root in its official layout (default: toy data)")
+    parser.add_argument("--probe", default="linear", choices=("linear", "finetune", "logreg"))
+    parser.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per fold (default 1)")
+    parser.add_argument("--out", metavar="DIR", default="runs/eval",
+                        help="parent of the new run directory (default runs/eval)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a probe setting, e.g. --set max_steps=500 --set lr=1e-3 (repeatable)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or tables; one line per result")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    from maebench.errors import MaebenchError
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MaebenchError(f"bad --set {item!r}; write KEY=VALUE, e.g. --set max_steps=500")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from maebench.downstream.evaluate import evaluate, print_results_table
+    from maebench.downstream.tasks import TASKS
+    from maebench.errors import MaebenchError
+    from maebench.paths import latest_pretrain_run
+
+    overrides = parse_overrides(args.overrides)
+    upstream = args.upstream
+    if upstream is None:
+        latest = latest_pretrain_run()
+        if latest is None:
+            raise MaebenchError("no --upstream given and no `maebench pretrain` run found; pass --upstream PATH or "
+                                "a preset such as mae_ast_patch:tiny, or run `maebench pretrain` first")
+        upstream = str(latest)
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    progress_quiet = args.quiet or not sys.stderr.isatty()
+    records = []
+    for task in tasks:
+        data = None
+        if args.data is not None:
+            data = Path(args.data).expanduser() / task if args.task == "all" else Path(args.data).expanduser()
+        record = evaluate(task, upstream, data_root=data, probe=args.probe, seeds=args.seeds, out_dir=args.out,
+                          overrides=overrides, quiet=progress_quiet, device=args.device, show_table=False)
+        records.append(record)
+        if args.quiet:
+            print(f"{record['task']} {record['probe']['name']} {record['metric']} {record['score']:.2f} "
+                  f"± {record['std']:.2f} -> {record['results_path']}")
+    if not args.quiet:
+        print_results_table(records)
+    return 0

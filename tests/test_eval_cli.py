@@ -1,0 +1,82 @@
+"""`maebench eval` end to end on the toy KS2 layout, the evaluate() API, and the no-upstream error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_probes import SpectrumUpstream
+
+from maebench.cli import main
+from maebench.downstream.evaluate import evaluate
+from maebench.downstream.tasks import build_toy
+from maebench.paths import record_latest_pretrain_run
+from maebench.upstream.registry import preset, save_upstream
+
+RESULT_FIELDS = {"maebench_results", "task", "metric", "score", "std", "runs", "upstream", "probe", "layers", "data",
+                 "timings", "versions", "created"}
+
+
+@pytest.fixture(scope="module")
+def toy_ks2(tmp_path_factory) -> Path:
+    return build_toy("ks2", tmp_path_factory.mktemp("toy") / "ks2", speech_backend="procedural")
+
+
+def _results(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
+
+
+def test_eval_cli_tiny_preset_linear_then_logreg_reuses_features(toy_ks2, tmp_path, capsys):
+    out = tmp_path / "runs"
+    common = ["eval", "--task", "ks2", "--upstream", "mae_ast_patch:tiny", "--data", str(toy_ks2),
+              "--out", str(out), "--quiet"]
+    assert main([*common, "--probe", "linear", "--set", "max_steps=5", "--set", "eval_every=5"]) == 0
+    assert main([*common, "--probe", "logreg", "--set", "Cs=[1.0]", "--set", "max_iter=50"]) == 0
+    assert main([*common, "--probe", "linear", "--set", "max_steps=2"]) == 0
+    results = _results(out)
+    assert sorted(results) == ["ks2-mae_ast_patch-tiny-linear", "ks2-mae_ast_patch-tiny-linear-1",
+                               "ks2-mae_ast_patch-tiny-logreg"]
+    linear, logreg = results["ks2-mae_ast_patch-tiny-linear"], results["ks2-mae_ast_patch-tiny-logreg"]
+    for record in (linear, logreg):
+        assert RESULT_FIELDS <= set(record)
+        assert record["task"] == "ks2" and record["metric"] == "accuracy" and record["data"]["toy"] is True
+        assert 0.0 <= record["score"] <= 100.0 and record["runs"][0]["fold"] == "default"
+        assert record["upstream"]["name"] == "mae_ast_patch:tiny" and record["upstream"]["path"] is None
+        assert record["upstream"]["family"] == "mae_ast" and len(record["upstream"]["fingerprint"]) == 64
+    assert len(linear["layers"]["weights"]) == 12 and linear["probe"]["hparams"]["max_steps"] == 5
+    assert len(logreg["layers"]["scores"]) == 12
+    assert linear["timings"]["extract_s"] > 0 and logreg["timings"]["extract_s"] == 0  # features reused
+    printed = capsys.readouterr().out
+    assert printed.count("ks2 linear accuracy") == 2 and "results.json" in printed
+
+
+def test_eval_without_upstream_or_pretrain_run_is_a_one_line_error(capsys):
+    assert main(["eval", "--task", "ks2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maebench: error: no --upstream given") and "maebench pretrain" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_eval_uses_latest_pretrain_run_and_finetunes_it(toy_ks2, tmp_path):
+    run_dir = tmp_path / "pretrain_run"
+    save_upstream(preset("mae_ast_patch:tiny", encoder_layers=2), run_dir / "checkpoints" / "step_00000010")
+    record_latest_pretrain_run(run_dir)
+    out = tmp_path / "runs"
+    assert main(["eval", "--task", "ks2", "--data", str(toy_ks2), "--probe", "finetune", "--set", "epochs=1",
+                 "--set", "batch_size=16", "--out", str(out), "--quiet"]) == 0
+    (name, record), = _results(out).items()
+    assert name == "ks2-pretrain_run-step_00000010-finetune"
+    assert record["upstream"]["path"] == str((run_dir / "checkpoints" / "step_00000010").resolve())
+    assert record["probe"]["hparams"]["epochs"] == 1 and 0.0 <= record["score"] <= 100.0
+
+
+def test_evaluate_api_aggregates_seeds(toy_ks2, tmp_path):
+    record = evaluate("ks2", SpectrumUpstream(), data_root=toy_ks2, probe="linear", seeds=2, out_dir=tmp_path,
+                      overrides={"max_steps": 40, "lr": 1e-2}, quiet=True)
+    scores = [run["score"] for run in record["runs"]]
+    assert [run["seed"] for run in record["runs"]] == [0, 1]
+    assert record["score"] == pytest.approx(sum(scores) / 2, abs=1e-3)
+    assert record["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2, abs=1e-3)
+    assert Path(record["results_path"]).parent.name == "ks2-test_spectrum-linear"
+    assert record["score"] > 3 * 100 / 35  # far above chance on the toy words

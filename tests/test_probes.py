@@ -1,0 +1,189 @@
+"""Each probe learns a separable toy problem far above chance.
+
+The stand-in upstream (log-magnitude spectra of 25 ms frames through small per-layer projections) and the hand-made
+task (one sine frequency per class, with noise and varied lengths, written as real wav files) are also used by
+tests/test_feature_cache.py and tests/test_eval_cli.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from maebench.downstream.metrics import multi_hot
+from maebench.downstream.probes import (
+    SpecAugment,
+    finetune_probe,
+    linear_probe,
+    logreg_probe,
+    mixup,
+    resolve_hparams,
+)
+from maebench.downstream.tasks.base import Example, Fold, Task
+from maebench.errors import MaebenchError
+from maebench.upstream.interface import Features, Upstream
+
+SAMPLE_RATE = 16000
+FREQUENCIES = (300.0, 700.0, 1500.0, 3000.0)
+
+
+class SpectrumUpstream(Upstream):
+    """Frame spectra (400-sample windows, 160-sample hop) -> `num_layers` stacked tanh projections. Counts its
+    forward calls so cache tests can tell whether it ran."""
+
+    family = "test_spectrum"
+    downsample_rate = 160
+
+    def __init__(self, dim: int = 16, num_layers: int = 3, seed: int = 0):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.dim = dim, num_layers, dim
+        generator = torch.Generator().manual_seed(seed)
+        self.layers = nn.ModuleList()
+        for index in range(num_layers):
+            layer = nn.Linear(201 if index == 0 else dim, dim)
+            with torch.no_grad():
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(layer.in_features))
+                layer.bias.zero_()
+            self.layers.append(layer)
+        self.forward_calls = 0
+
+    def to_config(self) -> dict:
+        return {"dim": self.dim, "num_layers": self.num_layers}
+
+    def output_lens(self, lens: torch.Tensor) -> torch.Tensor:
+        return (1 + torch.div(lens - 400, 160, rounding_mode="floor")).clamp(min=1)
+
+    def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> Features:
+        self.forward_calls += 1
+        frames = wavs.unfold(1, 400, 160)  # (B, T, 400)
+        x = torch.log1p(torch.fft.rfft(frames * torch.hann_window(400, device=wavs.device), dim=-1).abs())
+        hidden = []
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+            hidden.append(x)
+        return Features(hidden_states=hidden, lens=self.output_lens(lens))
+
+
+def _tone(frequencies, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    wav = sum(np.sin(2 * np.pi * f * (1 + 0.02 * rng.standard_normal()) * t) for f in frequencies)
+    return (0.3 * wav / len(frequencies) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_task(root: Path, *, multilabel: bool = False, per_class=(6, 3, 4), seed: int = 0,
+              probe_defaults: dict | None = None) -> Task:
+    """A 4-class task of wav files under `root` (train/dev/test counts per class from `per_class`)."""
+    rng = np.random.default_rng(seed)
+    splits: dict[str, list[Example]] = {"train": [], "dev": [], "test": []}
+    for split, count in zip(splits, per_class, strict=True):
+        for label in range(len(FREQUENCIES)):
+            for n in range(count):
+                classes = (label, (label + 1 + n % 3) % 4) if multilabel else (label,)
+                classes = tuple(sorted(set(classes)))
+                path = root / split / f"c{label}_{n}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, _tone([FREQUENCIES[c] for c in classes], rng.uniform(0.25, 0.8), rng), SAMPLE_RATE)
+                splits[split].append(Example(path=path, label=classes if multilabel else label,
+                                             key=f"{split}/{path.name}"))
+    defaults = probe_defaults or {
+        "linear": {"lr": 1e-2, "batch_size": 8, "grad_accum": 1, "max_steps": 60, "eval_every": 20,
+                   "grad_clip": 1.0, "projector_dim": 32, "loss": "ce"},
+        "finetune": {"recipe": "ssast", "lr": 3e-3, "epochs": 6, "batch_size": 8, "grad_accum": 1,
+                     "warmup_steps": 0, "lr_schedule": None, "mixup": 0.0, "freqm": 0, "timem": 0, "loss": "ce",
+                     "weight_averaging": None, "betas": (0.95, 0.999), "weight_decay": 5e-7},
+        "logreg": {"Cs": [0.1, 1.0], "max_iter": 200},
+    }
+    return Task(name="tones", root=root, metric="mAP" if multilabel else "accuracy",
+                class_names=[f"{int(f)}hz" for f in FREQUENCIES], multilabel=multilabel,
+                folds=[Fold("default", splits["train"], splits["dev"], splits["test"])], train_crop_seconds=None,
+                max_eval_seconds=None, probe_defaults=defaults)
+
+
+@pytest.fixture(scope="module")
+def tone_task(tmp_path_factory) -> Task:
+    return make_task(tmp_path_factory.mktemp("tones"))
+
+
+def test_linear_probe_learns_tones(tone_task):
+    result = linear_probe(SpectrumUpstream(), tone_task, tone_task.folds[0], seed=0)
+    assert result.score >= 90.0  # chance is 25%
+    assert result.dev_score is not None and result.dev_score >= 90.0
+    weights = result.layers["weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert result.timings["extract_s"] > 0 and result.timings["train_s"] > 0
+
+
+def test_linear_probe_multilabel_map(tmp_path):
+    task = make_task(tmp_path, multilabel=True, per_class=(6, 2, 3))
+    result = linear_probe(SpectrumUpstream(), task, task.folds[0], seed=0,
+                          hparams=resolve_hparams("linear", task, {"max_steps": "100"}))
+    # chance mAP = the positive rate (~45%); separable sines give far more
+    targets = multi_hot([ex.label for ex in task.folds[0].test], 4)
+    assert result.score >= 85.0 > 100 * targets.mean() + 20
+
+
+def test_logreg_probe_learns_tones_and_reports_layers(tone_task, capsys):
+    result = logreg_probe(SpectrumUpstream(), tone_task, tone_task.folds[0], seed=0, quiet=False)
+    assert result.score >= 90.0
+    assert len(result.layers["scores"]) == 3
+    assert result.hparams["selected_layer"] in (0, 1, 2) and result.hparams["selected_C"] in (0.1, 1.0)
+    assert "logreg per layer" in capsys.readouterr().err
+
+
+def test_logreg_without_dev_uses_inner_folds(tmp_path):
+    task = make_task(tmp_path, per_class=(6, 0, 3))
+    result = logreg_probe(SpectrumUpstream(), task, task.folds[0], seed=0)
+    assert result.hparams["selection"] == "inner 3-fold CV"
+    assert result.score >= 90.0
+
+
+def test_finetune_probe_learns_tones(tone_task):
+    upstream = SpectrumUpstream()
+    before = [p.detach().clone() for p in upstream.parameters()]
+    result = finetune_probe(upstream, tone_task, tone_task.folds[0], seed=0)
+    assert result.score >= 90.0
+    assert result.hparams["head"] == "ft_avgtok"
+    assert any(not torch.equal(a, b) for a, b in zip(before, upstream.parameters(), strict=True))  # trained
+    assert upstream.fbank_augment is None  # the SpecAugment hook is removed afterwards
+
+
+def test_finetune_superb_recipe_with_mixup_and_specaugment(tone_task):
+    hparams = resolve_hparams("finetune", tone_task, {"epochs": "6", "mixup": "0.3", "freqm": "8", "timem": "4"})
+    hparams.update(recipe="superb", max_steps=24, eval_every=6, projector_dim=32, grad_clip=1.0)
+    seen = []
+
+    class Spying(SpectrumUpstream):
+        def forward(self, wavs, lens):
+            seen.append(self.fbank_augment)
+            return super().forward(wavs, lens)
+
+    result = finetune_probe(Spying(), tone_task, tone_task.folds[0], seed=1, hparams=hparams)
+    assert result.score >= 75.0
+    assert result.hparams["head"] == "superb" and len(result.layers["weights"]) == 3
+    assert any(isinstance(hook, SpecAugment) for hook in seen)
+
+
+def test_specaugment_masks_bands_and_mixup_mixes_targets():
+    fbank = torch.ones(64, 50, 128)
+    out = SpecAugment(freqm=24, timem=10)(fbank)
+    zero_bins = (out == 0).all(dim=1).sum(dim=1)  # masked frequency bins per item
+    assert zero_bins.max() <= 23 and zero_bins.float().mean() > 5
+    wavs, lens = torch.randn(8, 100), torch.full((8,), 100)
+    targets = torch.eye(4)[torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])]
+    mixed, _, mixed_targets = mixup(wavs, lens, targets, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(8))
+    assert not torch.equal(mixed, wavs)
+
+
+def test_unknown_setting_is_a_one_line_error(tone_task):
+    with pytest.raises(MaebenchError, match="unknown linear setting 'stepz'"):
+        resolve_hparams("linear", tone_task, {"stepz": "3"})
+    with pytest.raises(MaebenchError, match="bad value"):
+        resolve_hparams("linear", tone_task, {"lr": "fast"})
+    assert resolve_hparams("linear", tone_task, {"linear.max_steps": "7"})["max_steps"] == 7
