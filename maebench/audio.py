@@ -370,7 +370,8 @@ class _Scratch:
     def __init__(self, batch: int, step: int, cfg: FbankConfig, device: torch.device) -> None:
         span = (step - 1) * cfg.window_shift + cfg.window_size  # samples one step reads
         self.centered = torch.empty(batch, span, device=device) if cfg.remove_mean else None
-        self.emphasized = torch.empty(batch, span, device=device) if cfg.preemphasis != 0.0 else None
+        # zeros, not empty: column 0 is never written and meets a zero window weight, and 0 * garbage can be NaN
+        self.emphasized = torch.zeros(batch, span, device=device) if cfg.preemphasis != 0.0 else None
         self.padded = torch.empty(batch * step, cfg.fft_size, device=device)
         self.padded[:, cfg.window_size:] = 0.0  # the FFT's zero padding; frame columns are rewritten every step
 

@@ -111,6 +111,22 @@ def test_padding_content_is_ignored(cfg):
 
 
 @CONFIGS
+def test_uninitialised_memory_never_leaks_into_features(cfg, monkeypatch):
+    """Fresh buffers may hold NaN/inf garbage: a value that meets a zero window weight must still be finite."""
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        return real_empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr(audio.torch, "empty", poisoned_empty)
+    waves = [voiced(4000, seed=6), voiced(2500, seed=7)]
+    batch, lens = padded_batch(waves)
+    feats, frame_lens = fbank_batch(batch, lens, cfg)
+    assert torch.isfinite(feats).all()
+    assert_matches_reference(waves, feats, frame_lens, cfg)
+
+
+@CONFIGS
 def test_time_steps_on_cpu_join_seamlessly(cfg, monkeypatch):
     """The CPU path works through time in steps; a step boundary must not change any frame."""
     waves = [voiced(8000, seed=3), voiced(6543, seed=4), voiced(7000, seed=5)]
