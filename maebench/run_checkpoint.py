@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from maebench.errors import MaebenchError
+from maebench.upstream.checkpoint import fsync_path
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
@@ -141,11 +142,11 @@ def save_checkpoint(
             "world_size": world_size,
         }
         _write_durably(stage / TRAINER_FILE, trainer)
-        _fsync_dir(stage)
+        fsync_path(stage)
         if final.exists():  # the same step saved again (a resumed run that had nothing left to do)
             shutil.rmtree(final)
         os.replace(stage, final)
-        _fsync_dir(root)
+        fsync_path(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if keep_last:
@@ -271,9 +272,3 @@ def _write_durably(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -106,6 +106,22 @@ def test_replacing_a_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_a_folder_with_other_files_is_never_replaced(tmp_path):
+    """save_upstream into a user's folder (or onto a file) refuses instead of deleting what is there."""
+    folder = tmp_path / "my_project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(MaebenchError) as excinfo:
+        upstream.save_upstream(small(), folder)
+    one_line_error(excinfo, "my_project", "not a maebench checkpoint")
+    assert (folder / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"x")
+    with pytest.raises(MaebenchError):
+        upstream.save_upstream(small(), a_file)
+    assert a_file.read_bytes() == b"x"
+
+
 def test_shared_tensors_are_saved(tmp_path):
     model = small()
     state = dict(model.state_dict())

@@ -510,3 +510,15 @@ def test_convert_reports_bad_input_as_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("maebench: error:") and str(src) in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_never_replaces_an_existing_destination_silently(tmp_path, capsys):
+    src = tmp_path / "SSAST-Tiny-Patch-400.pth"
+    torch.save(ssast_state_dict("patch", depth=2), src)
+    dst = tmp_path / "native"
+    assert cli_main(["convert", str(src), str(dst)]) == 0
+    before = (dst / "model.safetensors").stat().st_mtime_ns
+    assert cli_main(["convert", str(src), str(dst)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (dst / "model.safetensors").stat().st_mtime_ns == before
+    assert cli_main(["convert", str(src), str(dst), "--overwrite"]) == 0

@@ -36,12 +36,18 @@ def is_native_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or directory entry to disk (a rename is only durable once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _replaceable(path: Path) -> bool:
+    """An empty directory, or one holding nothing but the files of a native checkpoint."""
+    return path.is_dir() and {p.name for p in path.iterdir()} <= {CONFIG_FILE, WEIGHTS_FILE}
 
 
 def _unshared(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -67,8 +73,15 @@ def write_checkpoint(
     frontend: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a native checkpoint directory atomically; an existing checkpoint at `directory` is replaced."""
+    """Write a native checkpoint directory atomically; an existing checkpoint at `directory` is replaced.
+
+    Anything else at `directory` (a file, a folder with other contents) is refused rather than deleted.
+    """
     target = Path(directory).absolute()
+    if target.exists() and not _replaceable(target):
+        raise MaebenchError(
+            f"{target} exists and is not a maebench checkpoint directory; choose another directory"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": FORMAT,
@@ -92,9 +105,9 @@ def write_checkpoint(
         save_file(_unshared(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _fsync(tmp)
+        fsync_path(tmp)
         if target.exists():
             # two renames: a crash between them leaves the old checkpoint complete under `.old-*`, never half of one
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -104,7 +117,7 @@ def write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,8 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="official .pth/.pt file, checkpoint directory or preset")
-    parser.add_argument("destination", metavar="DST", help="directory to write (replaced atomically if it exists)")
+    parser.add_argument("destination", metavar="DST", help="directory to write (must not exist unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it already holds a checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override stored with the model, e.g. --set window_secs=6.0 (repeatable)")
 
@@ -33,10 +34,13 @@ def _overrides(pairs: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from maebench.errors import MaebenchError
     from maebench.upstream import load, save_upstream
     from maebench.upstream.official import convert, detect_format, read_checkpoint, sha256_file
 
     source = Path(args.source).expanduser()
+    if Path(args.destination).exists() and not args.overwrite:
+        raise MaebenchError(f"{args.destination} already exists; pass --overwrite to replace it or choose another DST")
     overrides = _overrides(args.set)
     provenance = {"source": str(source.resolve()) if source.exists() else str(args.source)}
     if source.is_file():
