@@ -192,10 +192,14 @@ def _state_copy(*modules: nn.Module) -> list[dict[str, Tensor]]:
     return [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules]
 
 
-def _epoch_batches(num: int, batch_size: int, generator: torch.Generator):
-    """Endless shuffled batches of indices (a new permutation every epoch), like a shuffling DataLoader."""
+def _epoch_batches(num: int, batch_size: int, generator: torch.Generator, weights: Tensor | None = None):
+    """Endless shuffled batches of indices (a new permutation every epoch), like a shuffling DataLoader; with
+    `weights`, each epoch draws `num` indices with replacement in proportion to them (WeightedRandomSampler)."""
     while True:
-        order = torch.randperm(num, generator=generator)
+        if weights is None:
+            order = torch.randperm(num, generator=generator)
+        else:
+            order = torch.multinomial(weights, num, replacement=True, generator=generator)
         for start in range(0, num, batch_size):
             yield order[start : start + batch_size]
 
@@ -204,13 +208,14 @@ def _epoch_batches(num: int, batch_size: int, generator: torch.Generator):
 def train_superb_head(
     head: SuperbHead, *, num_train: int, train_targets: Tensor, train_logits: Callable[[Tensor], Tensor],
     dev_score: Callable[[], float] | None, hparams: dict, loss: str, seed: int, quiet: bool = True,
-    description: str = "linear",
+    description: str = "linear", sample_weights: Tensor | None = None,
 ) -> tuple[float | None, int]:
     """SUPERB training loop: Adam, `max_steps` updates of `grad_accum` micro-batches, gradient clipping, dev
-    evaluation every `eval_every` updates keeping the best head. Returns (best dev score, its step)."""
+    evaluation every `eval_every` updates keeping the best head. Returns (best dev score, its step).
+    `sample_weights` (one per training item) draws batches like s3prl's class-balanced sampler."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=float(hparams["lr"]))
-    batches = _epoch_batches(num_train, int(hparams["batch_size"]), generator)
+    batches = _epoch_batches(num_train, int(hparams["batch_size"]), generator, sample_weights)
     max_steps, accum = int(hparams["max_steps"]), int(hparams.get("grad_accum", 1))
     eval_every = int(hparams.get("eval_every", max_steps)) or max_steps
     best: tuple[float | None, int, list | None] = (None, 0, None)
@@ -279,6 +284,7 @@ def linear_probe(
             head, num_train=len(train.keys), train_targets=targets_for(train.labels, task), train_logits=train_logits,
             dev_score=dev_score if dev is not None else None, hparams=hparams, loss=_loss_name(hparams, task),
             seed=seed, quiet=quiet, description=f"linear {task.name} {fold.name}",
+            sample_weights=_balanced_weights(task, hparams, len(train.keys)),
         )
         score = task_score(task.metric, _pooled_logits(head, test.features), eval_labels(test.labels, task))
     return ProbeResult(
@@ -288,6 +294,18 @@ def linear_probe(
                                   "train_s": time.perf_counter() - start},
         details={"best_step": best_step, "cache_hits": {k: s.hit for k, s in splits.items()}},
     )
+
+
+def _balanced_weights(task, hparams: dict, num_train: int) -> Tensor | None:
+    """The task's per-item training weights when the probe settings ask for balanced sampling, else None."""
+    if task.sample_weights is None or not hparams.get("balanced_sampling"):
+        return None
+    if len(task.sample_weights) != num_train:
+        raise MaebenchError(
+            f"{task.name}: {len(task.sample_weights)} sample weights for {num_train} training items; "
+            "set balanced_sampling=false or fix the task's weights"
+        )
+    return torch.tensor(task.sample_weights, dtype=torch.double)
 
 
 def _cached_splits(upstream: Upstream, task, fold, *, quiet: bool, cache_options: dict | None) -> dict[str, FeatureSet]:

@@ -187,3 +187,15 @@ def test_unknown_setting_is_a_one_line_error(tone_task):
     with pytest.raises(MaebenchError, match="bad value"):
         resolve_hparams("linear", tone_task, {"lr": "fast"})
     assert resolve_hparams("linear", tone_task, {"linear.max_steps": "7"})["max_steps"] == 7
+
+
+def test_balanced_sampling_draws_items_in_proportion_to_their_weights():
+    """The linear probe's sampler follows the task's sample weights (s3prl's class-balanced KS1 sampler)."""
+    from maebench.downstream.probes import _epoch_batches
+
+    weights = torch.tensor([0.0, 1.0, 3.0, 0.0], dtype=torch.double)
+    batches = _epoch_batches(4, 4, torch.Generator().manual_seed(0), weights)
+    drawn = torch.cat([next(batches) for _ in range(2000)])
+    counts = torch.bincount(drawn, minlength=4).double()
+    assert counts[0] == 0 and counts[3] == 0
+    assert counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)
