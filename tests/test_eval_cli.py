@@ -80,3 +80,11 @@ def test_evaluate_api_aggregates_seeds(toy_ks2, tmp_path):
     assert record["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2, abs=1e-3)
     assert Path(record["results_path"]).parent.name == "ks2-test_spectrum-linear"
     assert record["score"] > 3 * 100 / 35  # far above chance on the toy words
+
+
+def test_bench_cache_runs_both_paths_and_reports_equal_accuracy(toy_ks2, capsys):
+    """The benchmark script trains the same probe from cached and from live features (same seed, same steps)."""
+    assert main(["bench", "cache", "--data", str(toy_ks2), "--steps", "4", "--eval-every", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "accuracy gap 0.00 points" in out
+    assert "upstream clip forwards: cached" in out  # the live path re-runs the upstream: its count is reported too

@@ -41,7 +41,8 @@ _LINEAR: dict[str, dict] = {
     "as2m": {**_SUPERB, "loss": "bce", "batch_size": 32, "grad_accum": 1, "max_steps": 100_000, "eval_every": 10_000,
              "balanced_sampling": True, "source": "SUPERB optimiser/head, maebench budget, label-frequency sampler"},
 }
-_LINEAR_TOY = {"max_steps": 300, "eval_every": 50}
+# toy budgets are ~1000x shorter than SUPERB's 200k steps, so the step size is 10x larger to still converge
+_LINEAR_TOY = {"max_steps": 300, "eval_every": 50, "lr": 1e-3}
 
 # Fine-tuning. AudioSet / ESC-50 / KS2: SSAST's recipes (YuanGongND/ssast src/finetune/audioset/run_as.sh,
 # esc50/run_esc_patch.sh, speechcommands_v2_35/run_sc.sh; optimiser Adam betas (0.95, 0.999), weight decay 5e-7,

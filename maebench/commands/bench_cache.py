@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="ROOT", help="dataset root (default: the toy task)")
     parser.add_argument("--upstream", default="mae_ast_patch:tiny", metavar="PATH|PRESET",
                         help="upstream to probe (default mae_ast_patch:tiny)")
-    parser.add_argument("--steps", type=int, default=60, help="optimiser steps for both runs (default 60)")
-    parser.add_argument("--eval-every", type=int, default=20, help="dev evaluation interval (default 20)")
+    parser.add_argument("--steps", type=int, default=300,
+                        help="optimiser steps for both runs (default 300, the toy linear probe's budget)")
+    parser.add_argument("--eval-every", type=int, default=50, help="dev evaluation interval (default 50)")
     parser.add_argument("--lr", type=float, default=1e-3,
                         help="Adam learning rate (default 1e-3, so a short toy run learns something)")
     parser.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a task to include (as20k, esc50, ks2, ks1, sid, er or all); repeat for several")
     parser.add_argument("--probe", default="linear", help="probe for missing evaluations (default: linear)")
     parser.add_argument("--data", default=None, metavar="ROOT", help="dataset root for missing evaluations "
-                        "(default: the built-in toy data)")
+                        "(with several tasks ROOT/<task> holds each; default: the built-in toy data)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds for missing evaluations (default: 1)")
     parser.add_argument("--reference", default=None, metavar="KEY",
                         help="paper row to take differences against for every row (default: inferred per row: "
@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             for task in tasks:
                 if any(r.task == task and r.probe == args.probe and _matches(r, spec) for r in results):
                     continue
-                record = evaluate(task, spec, data_root=args.data, probe=args.probe, seeds=args.seeds,
+                # like `maebench eval --task all`: with several tasks, ROOT/<task> holds each dataset
+                data = Path(args.data).expanduser() / task if args.data and len(tasks) > 1 else args.data
+                record = evaluate(task, spec, data_root=data, probe=args.probe, seeds=args.seeds,
                                   out_dir=out / "evals", quiet=args.quiet, show_table=False)
                 results.append(read_result(record["results_path"]))
     elif args.upstream:
