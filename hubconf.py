@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-dependencies = ["torch", "torchaudio"]
+dependencies = ["torch", "torchaudio", "safetensors"]  # what `maebench.upstream.load` and a forward import
 
 _ROOT = Path(__file__).resolve().parent
 

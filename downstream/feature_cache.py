@@ -9,9 +9,10 @@ storage and none of the per-step upstream cost (tests/test_feature_cache.py prov
 A cache entry lives in `cache_dir()/features/<key>/` (`features.npy` (N, L, D) float32 + `index.json` with keys,
 labels, valid frame counts and what the key was made of) and holds every example of a task once, so the splits of
 all cross-validation folds, every probe and every seed read the same rows. The key covers everything the numbers
-depend on: the upstream fingerprint (weights + config), the task name and data fingerprint, the task's example
-list, the layer set, the evaluation crop, the pooling and the compute precision. Entries are written to a temporary
-directory and renamed into place, so a crash or a concurrent run never leaves a half-written entry.
+depend on: the upstream fingerprint (weights + config), the maebench version (model code), the task name and data
+fingerprint, the task's example list, the layer set, the evaluation crop, the pooling and the compute precision.
+Entries are written to a temporary directory and renamed into place, so a crash or a concurrent run never leaves a
+half-written entry; an entry missing a file is rebuilt, an unreadable one is a MaebenchError naming its folder.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor
 
+from maebench import __version__
+from maebench.errors import MaebenchError
 from maebench.paths import cache_dir
 from maebench.upstream.interface import Upstream
 
@@ -114,7 +117,8 @@ def feature_key(
     for example in examples:
         examples_hash.update(f"{example_key(example)}\t{_label_json(example.label)}\n".encode())
     description = {
-        "format": CACHE_FORMAT, "upstream": upstream_fingerprint, "task": task_name, "data": data_fingerprint,
+        "format": CACHE_FORMAT, "maebench": __version__, "upstream": upstream_fingerprint, "task": task_name,
+        "data": data_fingerprint,
         "examples": examples_hash.hexdigest(), "num_examples": len(examples),
         "layers": None if layers is None else [int(i) for i in layers],
         "max_eval_seconds": max_eval_seconds, "pooling": POOLING, "precision": precision,
@@ -142,7 +146,7 @@ def cached_features(
 ) -> FeatureSet:
     """Pooled features of `examples` (examples of `task`). One cache entry holds every example of the task, so
     cross-validation folds and probes share a single extraction; on a miss the whole task is extracted first."""
-    device = torch.device(device) if device is not None else next(_device_of(upstream))
+    device = torch.device(device) if device is not None else module_device(upstream)
     if upstream_fingerprint is None:
         from maebench.upstream.registry import fingerprint
 
@@ -156,8 +160,10 @@ def cached_features(
         examples=everything, layers=layers, max_eval_seconds=task.max_eval_seconds, precision=precision,
     )
     directory = (root or cache_dir()) / "features" / key
-    hit, extract_s = (directory / "index.json").exists(), 0.0
+    hit, extract_s = _is_complete(directory), 0.0
     if not hit:
+        if directory.exists():  # an entry damaged by hand (entries appear whole, by rename): ours to rebuild
+            shutil.rmtree(directory)
         start = time.perf_counter()
         _write_entry(
             directory, upstream, task, everything, description=description, layers=layers, batch_size=batch_size,
@@ -167,16 +173,25 @@ def cached_features(
     return _open_rows(directory, [example_key(e) for e in examples], hit=hit, extract_s=extract_s)
 
 
-def _device_of(module: torch.nn.Module) -> Iterator[torch.device]:
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        yield tensor.device
-    yield torch.device("cpu")
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of `module`'s first parameter or buffer (CPU for a module with neither)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / "index.json").is_file() and (directory / "features.npy").is_file()
 
 
 def _open_rows(directory: Path, keys: list[str], *, hit: bool, extract_s: float) -> FeatureSet:
     """The rows of `keys` from an entry: a memory-mapped slice when they are contiguous, else a gathered copy."""
-    index = json.loads((directory / "index.json").read_text())
-    store = np.load(directory / "features.npy", mmap_mode="r")
+    try:
+        index = json.loads((directory / "index.json").read_text())
+        store = np.load(directory / "features.npy", mmap_mode="r")
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError; so is a truncated .npy header
+        raise MaebenchError(f"feature cache entry {directory} is unreadable ({err}); delete that folder to "
+                            "recompute it") from err
     position = {key: row for row, key in enumerate(index["keys"])}
     missing = [key for key in keys if key not in position]
     if missing:

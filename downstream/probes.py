@@ -35,6 +35,7 @@ from maebench.downstream.feature_cache import (
     eval_batches,
     masked_mean,
     min_input_samples,
+    module_device,
     pad_batch,
     progress_bar,
 )
@@ -129,15 +130,32 @@ class SuperbHead(nn.Module):
 
 
 class AvgTokHead(nn.Module):
-    """SSAST's `ft_avgtok` head: masked mean of the last layer's tokens -> LayerNorm -> Linear."""
+    """SSAST's `ft_avgtok` head: mean of the last layer's valid tokens -> LayerNorm(token_dim) -> Linear.
 
-    def __init__(self, dim: int, num_classes: int):
+    Patch upstreams concatenate the tokens of one time step into a frame, (B, T, k * token_dim); every valid frame
+    holds all k tokens, so the token mean is the frame mean split into its k tokens and averaged, and the head
+    sees token_dim features as in SSAST rather than k times as many. Pooling runs in float32 (bf16 autocast).
+    """
+
+    def __init__(self, dim: int, num_classes: int, token_dim: int | None = None):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.classifier = nn.Linear(dim, num_classes)
+        self.token_dim = token_dim or dim
+        if dim % self.token_dim:
+            raise ValueError(f"frame width {dim} is not a multiple of the token width {self.token_dim}")
+        self.norm = nn.LayerNorm(self.token_dim)
+        self.classifier = nn.Linear(self.token_dim, num_classes)
 
     def forward_frames(self, hidden_states: Sequence[Tensor], lens: Tensor) -> Tensor:
-        return self.classifier(self.norm(masked_mean(hidden_states[-1], lens)))
+        frames = masked_mean(hidden_states[-1].float(), lens)  # (B, k * token_dim)
+        tokens = frames.unflatten(-1, (-1, self.token_dim)).mean(dim=1)
+        return self.classifier(self.norm(tokens))
+
+
+def token_width(upstream: Upstream, frame_dim: int) -> int:
+    """Width of one transformer token in `upstream`'s frames: its config's `dim` (MAE-AST, SSAST) when that
+    divides the frame width, else the whole frame."""
+    dim = upstream.to_config().get("dim")
+    return dim if isinstance(dim, int) and 0 < dim <= frame_dim and frame_dim % dim == 0 else frame_dim
 
 
 def targets_for(labels: Sequence, task) -> Tensor:
@@ -161,16 +179,14 @@ def soft_target_loss(logits: Tensor, targets: Tensor, loss: str) -> Tensor:
     raise MaebenchError(f"unknown loss {loss!r}; use 'ce' or 'bce'")
 
 
-def _loss_name(hparams: dict, task) -> str:
+def loss_name(hparams: dict, task) -> str:
+    """The training loss of a probe: sigmoid BCE for multi-label tasks, else the setting (default "ce")."""
     return "bce" if task.multilabel else hparams.get("loss", "ce")
 
 
-def _autocast(device: torch.device):
+def device_autocast(device: torch.device):
+    """bf16 autocast on CUDA (the precision the feature cache records), full precision elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(iter(module.parameters()), torch.zeros(0)).device
 
 
 @contextmanager
@@ -246,7 +262,7 @@ def train_superb_head(
 
 @torch.no_grad()
 def _pooled_logits(head: SuperbHead, features: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    device = _device_of(head)
+    device = module_device(head)
     out = [head.forward_pooled(torch.from_numpy(np.array(features[i : i + chunk])).to(device)).float().cpu()
            for i in range(0, len(features), chunk)]
     return torch.cat(out).numpy()
@@ -260,7 +276,7 @@ def linear_probe(
     hparams = hparams if hparams is not None else resolve_hparams("linear", task)
     splits = _cached_splits(upstream, task, fold, quiet=quiet, cache_options=cache_options)
     train, dev, test = splits["train"], splits.get("dev"), splits["test"]
-    device = _device_of(upstream)
+    device = module_device(upstream)
     torch.manual_seed(seed)
     head = SuperbHead(train.num_layers, train.features.shape[2], task.num_classes,
                       int(hparams.get("projector_dim", 256))).to(device)
@@ -282,9 +298,9 @@ def linear_probe(
     with _few_threads(device):
         best_dev, best_step = train_superb_head(
             head, num_train=len(train.keys), train_targets=targets_for(train.labels, task), train_logits=train_logits,
-            dev_score=dev_score if dev is not None else None, hparams=hparams, loss=_loss_name(hparams, task),
+            dev_score=dev_score if dev is not None else None, hparams=hparams, loss=loss_name(hparams, task),
             seed=seed, quiet=quiet, description=f"linear {task.name} {fold.name}",
-            sample_weights=_balanced_weights(task, hparams, len(train.keys)),
+            sample_weights=balanced_weights(task, hparams, len(train.keys)),
         )
         score = task_score(task.metric, _pooled_logits(head, test.features), eval_labels(test.labels, task))
     return ProbeResult(
@@ -296,7 +312,7 @@ def linear_probe(
     )
 
 
-def _balanced_weights(task, hparams: dict, num_train: int) -> Tensor | None:
+def balanced_weights(task, hparams: dict, num_train: int) -> Tensor | None:
     """The task's per-item training weights when the probe settings ask for balanced sampling, else None."""
     if task.sample_weights is None or not hparams.get("balanced_sampling"):
         return None
@@ -516,7 +532,7 @@ def predict(
     batch_seconds: float = 160.0, num_workers: int = 0, quiet: bool = True, description: str = "predict",
 ) -> np.ndarray:
     """Logits (N, C) of a live upstream + head over `examples` (eval mode, evaluation crop, length-sorted)."""
-    device = _device_of(upstream)
+    device = module_device(upstream)
     out = np.zeros((len(examples), task.num_classes), dtype=np.float32)
     was_training = (upstream.training, head.training)
     upstream.eval()
@@ -524,7 +540,7 @@ def predict(
     batches = eval_batches(upstream, task, examples, batch_size=batch_size, batch_seconds=batch_seconds,
                            num_workers=num_workers)
     try:
-        with progress_bar(quiet) as progress, _autocast(device):
+        with progress_bar(quiet) as progress, device_autocast(device):
             bar = progress.add_task(description, total=len(examples))
             for indices, wavs, lens in batches:
                 features = upstream(wavs.to(device), lens.to(device))
@@ -546,7 +562,7 @@ def finetune_probe(
     recipe = hparams.get("recipe", "ssast")
     if recipe not in ("ssast", "superb"):
         raise MaebenchError(f"unknown fine-tuning recipe {recipe!r} for task {task.name}; use 'ssast' or 'superb'")
-    device = _device_of(upstream)
+    device = module_device(upstream)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # discover the feature shape with one short silent clip
@@ -555,7 +571,7 @@ def finetune_probe(
         shape = upstream(probe_wav, torch.tensor([probe_wav.shape[1]], device=device))
         num_layers, dim = len(shape.hidden_states), shape.hidden_states[-1].shape[-1]
     if recipe == "ssast":
-        head: nn.Module = AvgTokHead(dim, task.num_classes)
+        head: nn.Module = AvgTokHead(dim, task.num_classes, token_width(upstream, dim))
     else:
         head = SuperbHead(num_layers, dim, task.num_classes, int(hparams.get("projector_dim", 256)))
     head.to(device)
@@ -566,8 +582,9 @@ def finetune_probe(
     crop = int(min(crop_seconds) * upstream.sample_rate) if crop_seconds else None
     dataset = _TrainAudio(task, fold.train, crop, min_input_samples(upstream), seed)
     batch_size = int(hparams["batch_size"])
-    if task.sample_weights is not None and hparams.get("balanced_sampling"):
-        sampler = torch.utils.data.WeightedRandomSampler(task.sample_weights, len(dataset), generator=generator)
+    sample_weights = balanced_weights(task, hparams, len(dataset))
+    if sample_weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(dataset), generator=generator)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                              num_workers=num_workers, collate_fn=_collate, drop_last=False)
     else:
@@ -585,7 +602,7 @@ def finetune_probe(
     schedule = _lr_factor(hparams, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     train_targets = targets_for([ex.label for ex in fold.train], task)
-    loss_name = _loss_name(hparams, task)
+    loss = loss_name(hparams, task)
     augment = SpecAugment(hparams.get("freqm", 0), hparams.get("timem", 0), hparams.get("noise_augment", False))
     averaging = hparams.get("weight_averaging") if recipe == "ssast" else None
 
@@ -610,10 +627,10 @@ def finetune_probe(
                 for indices, wavs, lens in loader:
                     targets = train_targets[indices]
                     wavs, lens, targets = mixup(wavs, lens, targets, float(hparams.get("mixup", 0.0)), generator)
-                    with _autocast(device):
+                    with device_autocast(device):
                         features = upstream(wavs.to(device), lens.to(device))
                         logits = head.forward_frames(features.hidden_states, features.lens.to(device))
-                    (soft_target_loss(logits, targets.to(device), loss_name) / accum).backward()
+                    (soft_target_loss(logits, targets.to(device), loss) / accum).backward()
                     micro += 1
                     if micro % accum and micro != len(loader):
                         continue

@@ -53,7 +53,7 @@ class HearModel(nn.Module):
         emb = torch.stack(hidden).mean(dim=0) if self.layer == "mean" else hidden[int(self.layer)]
         return emb.float(), feats.lens.to(audio.device)
 
-    def frame_centres(self, num_frames: int, num_samples: int) -> Tensor:
+    def frame_centres(self, num_frames: int) -> Tensor:
         """Sample index of each output frame's centre (float64, (T,)), from the model's feature geometry."""
         upstream = self.upstream
         t = torch.arange(num_frames, dtype=torch.float64)
@@ -115,7 +115,7 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Tensor, Tens
     with torch.no_grad():
         chunks = [model._embed(audio[i : i + model.batch_size])[0] for i in range(0, n, model.batch_size)]
         emb = torch.cat(chunks) if chunks else audio.new_zeros(0, 1, model.timestamp_embedding_size)
-    centres = model.frame_centres(emb.shape[1], samples)
+    centres = model.frame_centres(emb.shape[1])
     # frames centred past the audio come from padding (SSAST's last window): drop them
     keep = int((centres <= samples).sum().clamp(min=1))
     emb, centres = emb[:, :keep], centres[:keep]

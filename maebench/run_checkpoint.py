@@ -71,28 +71,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 # ---------------------------------------------------------------------------------------------------- RNG streams
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every RNG stream a step may draw from (dropout, layerdrop, masking, Python/numpy users), as plain tensors."""
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG stream a step may draw from (dropout, layerdrop, masking, Python/numpy users), as plain tensors.
+
+    Only the training device's CUDA generator is saved (a list of 0 or 1 states): asking for every GPU's state
+    would make each DDP rank create a CUDA context on every GPU of its node, and a rank only draws from its own.
+    """
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    cuda = device is not None and device.type == "cuda"
     return {
         "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if cuda else [],
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Put back what capture_rng saved; the CUDA stream goes to `device` (the GPU this rank trains on now)."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if len(state["cuda"]) == 1 and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
 # ---------------------------------------------------------------------------------------------------- save / load

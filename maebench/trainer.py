@@ -150,8 +150,12 @@ class BatchStream:
         self._iterator = None
 
     def _open(self):
-        from maebench.pretrain_data import build_pretrain_loader
+        from maebench.pretrain_data import ResumableBatchSampler, build_pretrain_loader
 
+        per_epoch = ResumableBatchSampler(len(self.items), self.micro_batch,
+                                          world_size=self.env.world_size).batches_per_epoch()
+        if self.state.batch_in_epoch > per_epoch:  # --resume with fewer clips or bigger batches: epoch is over
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
         loader = build_pretrain_loader(
             self.items, clip_seconds=self.cfg.data.clip_seconds, batch_size=self.micro_batch,
             num_workers=self.cfg.data.num_workers, seed=self.cfg.train.seed, rank=self.env.rank,
@@ -307,7 +311,7 @@ def _train(cfg: PretrainConfig, env: ddp.DistEnv, *, resume: bool, overwrite: bo
                                   saved["num_skipped"])
         rng = saved["rng"]
         if len(rng) == env.world_size:
-            ckpt.restore_rng(rng[env.rank])
+            ckpt.restore_rng(rng[env.rank], device)
         else:
             seed_everything(t.seed + 1_000_003 * env.rank + state.step)
             if env.is_main:
@@ -419,8 +423,8 @@ def _train(cfg: PretrainConfig, env: ddp.DistEnv, *, resume: bool, overwrite: bo
     if state.step == start_step and env.is_main:
         print(f"nothing to do: {run_dir} is already at step {state.step} (train.max_steps={t.max_steps})")
     peak = _peak_memory(device)
-    peak = int(ddp.all_reduce_sum(torch.tensor([float(peak)], device=device), env).item()) if env.is_distributed \
-        else peak
+    if env.is_distributed:
+        peak = int(ddp.all_reduce_sum(torch.tensor([peak], dtype=torch.float64, device=device), env).item())
     result = TrainResult(
         run_dir=run_dir, checkpoint=last_checkpoint, start_step=start_step, steps=state.step, wall_s=wall,
         clips_per_s=clips_total / max(wall, 1e-9), peak_memory_bytes=peak, last_loss=last_loss,
@@ -454,7 +458,7 @@ def _main_first(env: ddp.DistEnv, work):
 def _save(run_dir: Path, cfg: PretrainConfig, env: ddp.DistEnv, model: nn.Module, optimizer, scheduler,
           state: ckpt.TrainerState, identity: str) -> Path:
     """Gather every rank's RNG streams, then rank 0 writes; all ranks wait for it."""
-    rngs = ddp.all_gather_objects(ckpt.capture_rng(), env)
+    rngs = ddp.all_gather_objects(ckpt.capture_rng(env.device), env)
     path = run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(state.step)
     if env.is_main:
         provenance = {"trained_by": "maebench pretrain", "step": state.step, "config_hash": identity,

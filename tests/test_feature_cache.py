@@ -116,3 +116,19 @@ def test_cache_hit_then_invalidated_by_weights_and_data(task):
     assert not again.hit and upstream.forward_calls > before
     assert new_task.data_fingerprint() != task.data_fingerprint()
     assert cached_features(upstream, new_task, fold.test).hit
+
+
+def test_damaged_entry_is_rebuilt_and_unreadable_entry_names_its_folder(task):
+    from maebench.errors import MaebenchError
+
+    upstream = SpectrumUpstream()
+    first = cached_features(upstream, task, task.folds[0].test)
+    (first.directory / "features.npy").unlink()  # a file removed by hand: the entry is rebuilt, not crashed on
+    calls = upstream.forward_calls
+    rebuilt = cached_features(upstream, task, task.folds[0].test)
+    assert not rebuilt.hit and upstream.forward_calls > calls
+    np.testing.assert_array_equal(rebuilt.features, first.features)
+
+    (rebuilt.directory / "index.json").write_text("{truncated")
+    with pytest.raises(MaebenchError, match=f"feature cache entry {rebuilt.directory} is unreadable"):
+        cached_features(upstream, task, task.folds[0].test)

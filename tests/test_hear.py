@@ -138,7 +138,7 @@ def test_load_model_defaults_to_the_latest_pretrain_run(tmp_path):
 
 def test_torch_hub_entry_points(tmp_path):
     hubconf = torch.hub._import_module("hubconf", str(REPO / "hubconf.py"))  # what torch.hub itself imports
-    assert hubconf.dependencies == ["torch", "torchaudio"]
+    assert hubconf.dependencies == ["torch", "torchaudio", "safetensors"]
     entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
     assert {"mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame", "maebench_local"} <= entries
     model = torch.hub.load(str(REPO), "ssast_frame", source="local", size="tiny", depth=1)

@@ -153,6 +153,17 @@ def test_features_run_every_layer_and_honour_fbank_augment():
     assert len(seen) == 1  # SpecAugment only in training mode
 
 
+def test_layerdrop_skips_layers_only_in_pretraining():
+    model = small_model("frame", layerdrop=0.5).train()
+    x = torch.randn(2, 6, model.config.dim)
+    torch.manual_seed(0)
+    counts = {len(model._encode(x, None, layerdrop=0.5)) for _ in range(40)}
+    assert len(counts) > 1 and max(counts) <= model.num_layers  # a different subset of layers per call
+    assert len(model._encode(x, None, layerdrop=1.0)) == 1  # all dropped: the normalised input alone
+    model.eval()
+    assert len(model._encode(x, None, layerdrop=0.5)) == model.num_layers
+
+
 # ---- pretraining -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mae_ast_patch:tiny", "mae_ast_frame:tiny", "mae_ast_patch:small"])
 def test_preset_pretrain_forward_backward(name):

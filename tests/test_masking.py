@@ -103,6 +103,12 @@ def test_split_indices_consistent():
     assert torch.equal(both, torch.arange(96).expand(5, -1))
 
 
+def test_split_indices_with_a_known_count_skips_only_the_check():
+    mask = random_mask(4, 30, 22, generator=_generator(7))
+    checked, trusted = split_indices(mask), split_indices(mask, num_masked=22)
+    assert all(torch.equal(a, b) for a, b in zip(checked, trusted, strict=True))
+
+
 def test_split_indices_rejects_unequal_rows():
     mask = torch.zeros(2, 6, dtype=torch.bool)
     mask[0, :3] = True

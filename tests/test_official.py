@@ -28,6 +28,8 @@ from maebench.upstream import load
 from maebench.upstream.official import (
     MAE_AST_FORMAT,
     SSAST_FORMAT,
+    convert_mae_ast,
+    convert_ssast,
     detect_format,
     load_official,
     plain,
@@ -244,6 +246,13 @@ def test_other_checkpoint_families_are_named_and_refused(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(MaebenchError, match="found a Tensor"):
         load(path)
+
+
+def test_converters_name_a_checkpoint_of_the_other_family():
+    with pytest.raises(MaebenchError, match=r"x\.pt is a MAE-AST fairseq \.pt checkpoint, not an SSAST \.pth one"):
+        convert_ssast(mae_ast_checkpoint(), "x.pt")
+    with pytest.raises(MaebenchError, match=r"x\.pth is an SSAST \.pth checkpoint, not a MAE-AST fairseq \.pt one"):
+        convert_mae_ast(ssast_state_dict(), "x.pth")
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -262,6 +262,18 @@ def test_run_dir_rules(clips, tmp_path, capsys):
     assert metric_steps(run) == [1, 2, 3, 4]
 
 
+def test_resume_with_bigger_batch_past_the_new_epoch_end(clips, tmp_path):
+    """24 clips: batch 4 stops at batch 4 of 6; batch 8 has only 3 per epoch, so the run goes on with epoch 1."""
+    run = tmp_path / "run"
+    trainer.train(tiny_config(clips, run, "train.max_steps=4"), quiet=True)
+    assert ckpt.load_trainer_state(run / "checkpoints/step_00000004")["batch_in_epoch"] == 4
+    longer = trainer.train(tiny_config(clips, run, "train.max_steps=5", "train.batch_size=8"), quiet=True,
+                           resume=True)
+    assert (longer.start_step, longer.steps) == (4, 5)
+    saved = ckpt.load_trainer_state(run / "checkpoints/step_00000005")
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (1, 1)
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 

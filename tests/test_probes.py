@@ -18,12 +18,14 @@ from torch import nn
 
 from maebench.downstream.metrics import multi_hot
 from maebench.downstream.probes import (
+    AvgTokHead,
     SpecAugment,
     finetune_probe,
     linear_probe,
     logreg_probe,
     mixup,
     resolve_hparams,
+    token_width,
 )
 from maebench.downstream.tasks.base import Example, Fold, Task
 from maebench.errors import MaebenchError
@@ -199,3 +201,36 @@ def test_balanced_sampling_draws_items_in_proportion_to_their_weights():
     counts = torch.bincount(drawn, minlength=4).double()
     assert counts[0] == 0 and counts[3] == 0
     assert counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)
+
+
+def test_avgtok_head_averages_tokens_not_concatenated_frames():
+    """SSAST's ft_avgtok: frames of k tokens (B, T, k * D) are pooled per token, so the head is LayerNorm(D)."""
+    torch.manual_seed(0)
+    k, dim, lens = 3, 4, torch.tensor([5, 2])
+    hidden = torch.randn(2, 5, k * dim)
+    head = AvgTokHead(k * dim, 6, token_dim=dim)
+    assert head.norm.normalized_shape == (dim,) and head.classifier.in_features == dim
+    # reference: mean over every valid token of each item, tokens laid out as (T * k, D)
+    tokens = [hidden[b, : lens[b]].reshape(-1, dim).double().mean(dim=0) for b in range(2)]
+    expected = head.classifier(head.norm(torch.stack(tokens).float()))
+    torch.testing.assert_close(head.forward_frames([hidden], lens), expected)
+    with pytest.raises(ValueError, match="not a multiple"):
+        AvgTokHead(10, 6, token_dim=4)
+
+
+def test_token_width_of_patch_and_frame_upstreams():
+    from maebench.upstream import load
+
+    patch, frame = load("mae_ast_patch:tiny"), load("ssast_frame:tiny")
+    assert (patch.hidden_size, token_width(patch, patch.hidden_size)) == (8 * 192, 192)
+    assert token_width(frame, frame.hidden_size) == frame.hidden_size == 192
+    assert token_width(SpectrumUpstream(dim=16), 16) == 16
+
+
+def test_finetune_rejects_sample_weights_that_do_not_match_the_training_set(tone_task):
+    import dataclasses
+
+    task = dataclasses.replace(tone_task, sample_weights=[1.0, 2.0])
+    hparams = {**resolve_hparams("finetune", task), "balanced_sampling": True}
+    with pytest.raises(MaebenchError, match="2 sample weights for 24 training items"):
+        finetune_probe(SpectrumUpstream(), task, task.folds[0], hparams=hparams)

@@ -130,6 +130,19 @@ def test_short_items_repeat_their_last_real_frame(hub):
     assert torch.equal(h[:, :6], direct) and torch.equal(h[:, 6], direct[:, 5])
 
 
+def test_bad_options_file_is_a_one_line_error(tmp_path):
+    from maebench.errors import MaebenchError
+
+    broken = tmp_path / "upstream.yaml"
+    broken.write_text("window_secs: [6.0\n")
+    with pytest.raises(MaebenchError, match=r"upstream\.yaml: not valid YAML") as err:
+        maebench_local("mae_ast_frame:tiny", model_config=str(broken))
+    assert "\n" not in str(err.value)
+    broken.write_text("- 6.0\n")
+    with pytest.raises(MaebenchError, match="expected a mapping of load options"):
+        maebench_local("mae_ast_frame:tiny", model_config=str(broken))
+
+
 def test_runner_help_lists_the_registered_upstream(hub, capsys):
     from maebench.s3prl import main
 

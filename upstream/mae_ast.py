@@ -24,7 +24,7 @@ from maebench.errors import MaebenchError
 
 from .blocks import Block, sinusoidal_positions
 from .interface import Features, PretrainOutput, Upstream
-from .masking import chunk_mask, random_mask, split_indices
+from .masking import chunk_mask, gather_tokens, random_mask, split_indices
 
 NUM_MEL_BINS = 128
 # (frames per token in time, mel bins per token): both tokenisers give 256 values per token
@@ -92,11 +92,6 @@ def _bert_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    """x (B, N, D), idx (B, K) -> (B, K, D)."""
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class MaeAst(Upstream):
@@ -191,11 +186,17 @@ class MaeAst(Upstream):
 
     # ---- transformer stacks ------------------------------------------------------------------------------------
     def _encode(self, x: Tensor, key_padding_mask: Tensor | None, *, layerdrop: float) -> list[Tensor]:
-        """Input LayerNorm, dropout, post-LN blocks; returns every executed layer's output."""
+        """Input LayerNorm, dropout, post-LN blocks; returns every executed layer's output.
+
+        Layerdrop decisions are drawn together (one host read, one torch.compile graph break, not one per layer).
+        """
         x = F.dropout(self.encoder_norm(x), self.config.dropout, self.training)
+        dropped = [False] * len(self.encoder)
+        if layerdrop > 0.0 and self.training:
+            dropped = (torch.rand(len(self.encoder)) < layerdrop).tolist()
         outputs = []
-        for block in self.encoder:
-            if layerdrop > 0.0 and self.training and float(torch.rand(())) < layerdrop:
+        for block, drop in zip(self.encoder, dropped, strict=True):
+            if drop:
                 continue
             x = block(x, key_padding_mask)
             outputs.append(x)
@@ -252,20 +253,23 @@ class MaeAst(Upstream):
             raise MaebenchError(
                 f"mae_ast pretraining needs clips of at least {need} samples, got {wavs.shape[-1]}; use longer clips"
             )
-        if mask is None:
-            mask = self.make_mask(b, n // self.tokens_per_step, device=target.device)
-        keep_idx, masked_idx = split_indices(mask.to(target.device))
+        if mask is None:  # drawn with a known count: split without checking it (no host sync)
+            keep_idx, masked_idx = split_indices(
+                self.make_mask(b, n // self.tokens_per_step, device=target.device), self.num_masked(n)
+            )
+        else:
+            keep_idx, masked_idx = split_indices(mask.to(target.device))
 
         positions = self._positions_for(n, target)
         tokens = self.patch_embed(target) + positions
-        encoded = self._encode(_gather_tokens(tokens, keep_idx), None, layerdrop=self.config.layerdrop)[-1]
+        encoded = self._encode(gather_tokens(tokens, keep_idx), None, layerdrop=self.config.layerdrop)[-1]
 
         dim = encoded.shape[-1]
         full = self.decoder_mask_token.to(encoded.dtype).expand(b, n, dim)
         full = full.scatter(1, keep_idx[..., None].expand(-1, -1, dim), encoded)
-        decoded = _gather_tokens(self._decode(full + positions.to(full.dtype)), masked_idx)  # (B, M, D)
+        decoded = gather_tokens(self._decode(full + positions.to(full.dtype)), masked_idx)  # (B, M, D)
 
-        masked_target = _gather_tokens(target, masked_idx).float()
+        masked_target = gather_tokens(target, masked_idx).float()
         recon = self.recon_head(decoded).float()
         pred = self.class_head(decoded).float()
         with torch.autocast(device_type=pred.device.type, enabled=False):  # the logits need fp32 under bf16 autocast

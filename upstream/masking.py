@@ -82,13 +82,23 @@ def chunk_mask(
     return mask.expand(batch, num_tokens).clone() if shared else mask
 
 
-def split_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(keep_idx (B, K), masked_idx (B, M)), each ascending, from a (B, T) bool mask with equal counts per row."""
-    counts = mask.sum(1)
-    num_masked = int(counts[0]) if mask.shape[0] else 0
-    if bool((counts != num_masked).any()):
-        raise ValueError("every row of the mask must mask the same number of tokens")
+def split_indices(mask: Tensor, num_masked: int | None = None) -> tuple[Tensor, Tensor]:
+    """(keep_idx (B, K), masked_idx (B, M)), each ascending, from a (B, T) bool mask with equal counts per row.
+
+    Pass `num_masked` when the mask was drawn here with that count: the count check (two host syncs on CUDA, and
+    graph breaks under torch.compile) is then skipped.
+    """
+    if num_masked is None:
+        counts = mask.sum(1)
+        num_masked = int(counts[0]) if mask.shape[0] else 0
+        if bool((counts != num_masked).any()):
+            raise ValueError("every row of the mask must mask the same number of tokens")
     # a stable sort of 0 (visible) before 1 (masked) lists visible then masked positions, each in ascending order
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     num_keep = mask.shape[1] - num_masked
     return order[:, :num_keep], order[:, num_keep:]
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, idx[b, m]] for (B, T, D) x and (B, M) idx -> (B, M, D)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

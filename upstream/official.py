@@ -290,6 +290,17 @@ def detect_format(obj: Any, path: str | Path = "<checkpoint>") -> str:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _require_format(obj: Any, path: Path, wanted: str) -> None:
+    """The converters are public: a checkpoint of the other family is named as such, not half-converted."""
+    found = detect_format(obj, path)  # raises for anything that is neither format
+    if found != wanted:
+        names = {SSAST_FORMAT: "an SSAST .pth", MAE_AST_FORMAT: "a MAE-AST fairseq .pt"}
+        raise MaebenchError(
+            f"{path} is {names[found]} checkpoint, not {names[wanted]} one; "
+            "load it with maebench.upstream.load, which detects the format"
+        )
+
+
 def _tensor(state: Mapping[str, Any], key: str, path: Path, shown: str | None = None) -> Tensor:
     """state[key] as float32 (fp16 checkpoints are upcast); `shown` is the key as the file spells it."""
     shown = shown or key
@@ -350,9 +361,8 @@ def convert_ssast(obj: Mapping[str, Any], path: str | Path = "<checkpoint>", **o
     from .ssast import NUM_MEL_BINS, NUM_PREFIX_TOKENS, Ssast, SsastConfig
 
     path = Path(path)
+    _require_format(obj, path, SSAST_FORMAT)
     prefix = _ssast_prefix(obj)
-    if prefix is None:
-        detect_format(obj, path)
     state = {k[len(prefix):]: v for k, v in obj.items() if str(k).startswith(prefix)}
 
     pos_embed = _tensor(state, "v.pos_embed", path, shown=f"{prefix}v.pos_embed")
@@ -365,10 +375,12 @@ def convert_ssast(obj: Mapping[str, Any], path: str | Path = "<checkpoint>", **o
             f"{path}: key {prefix}v.patch_embed.proj.weight has shape {tuple(conv.shape)}, expected ({dim}, 1, F, T)"
         )
     fshape, tshape = int(conv.shape[2]), int(conv.shape[3])
-    fdim = int(_tensor(state, "p_input_fdim", path)) if "p_input_fdim" in state else NUM_MEL_BINS
+    fdim = NUM_MEL_BINS
+    if "p_input_fdim" in state:
+        fdim = int(_tensor(state, "p_input_fdim", path, shown=f"{prefix}p_input_fdim"))
     if "p_input_tdim" not in state:
         raise MaebenchError(f"{path}: missing key {prefix}p_input_tdim (the pretraining input length)")
-    tdim = int(_tensor(state, "p_input_tdim", path))
+    tdim = int(_tensor(state, "p_input_tdim", path, shown=f"{prefix}p_input_tdim"))
     if fdim != NUM_MEL_BINS:
         raise MaebenchError(f"{path}: key {prefix}p_input_fdim is {fdim}; only {NUM_MEL_BINS} mel bins are supported")
     tokens = (fdim // fshape) * (tdim // tshape)
@@ -565,8 +577,7 @@ def convert_mae_ast(obj: Mapping[str, Any], path: str | Path = "<checkpoint>", *
     from .mae_ast import MaeAst, MaeAstConfig
 
     path = Path(path)
-    if not _is_mae_ast(obj):
-        detect_format(obj, path)
+    _require_format(obj, path, MAE_AST_FORMAT)
     model_cfg, task_cfg = _mae_ast_cfg(obj, path)
     config = _mae_ast_config(model_cfg, task_cfg, path)
     state = obj["model"]

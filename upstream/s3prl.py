@@ -212,7 +212,13 @@ def _read_options(model_config: str | None) -> dict[str, Any]:
         raise MaebenchError(f"upstream options file {path} not found (-g expects a YAML file of load options)")
     import yaml
 
-    options = yaml.safe_load(path.read_text()) or {}
+    try:
+        options = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise MaebenchError(
+            f"{path}: not valid YAML ({reason}); -g expects a mapping such as 'window_secs: 6.0'"
+        ) from None
     if not isinstance(options, dict):
         raise MaebenchError(f"{path}: expected a mapping of load options such as 'window_secs: 6.0'")
     return options

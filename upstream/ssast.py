@@ -29,7 +29,7 @@ from maebench.errors import MaebenchError
 
 from .blocks import Block
 from .interface import Features, PretrainOutput, Upstream
-from .masking import chunk_mask, random_mask, split_indices
+from .masking import chunk_mask, gather_tokens, random_mask, split_indices
 
 __all__ = ["Ssast", "SsastConfig", "adapt_pos_embed"]
 
@@ -204,11 +204,6 @@ def _prediction_head(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
 
 
-def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    """x[b, idx[b, m]] for (B, T, D) x and (B, M) idx -> (B, M, D)."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 def info_nce(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """(loss, accuracy) of InfoNCE within each clip: masked token i must pick its own patch among the clip's.
 
@@ -351,11 +346,12 @@ class Ssast(Upstream):
             x = block(x)
         return self.norm(x)
 
-    def _masked_outputs(self, spec: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(encoder outputs at the masked tokens (B, M, D), their indices (B, M))."""
-        _, masked_idx = split_indices(mask)
+    def _masked_outputs(self, spec: Tensor, mask: Tensor, num_masked: int | None) -> tuple[Tensor, Tensor]:
+        """(encoder outputs at the masked tokens (B, M, D), their indices (B, M)); `num_masked` as in
+        `split_indices` (known for drawn masks, None = check a given one)."""
+        _, masked_idx = split_indices(mask, num_masked)
         hidden = self.encode(spec, mask)[:, NUM_PREFIX_TOKENS:]
-        return _gather_tokens(hidden, masked_idx), masked_idx
+        return gather_tokens(hidden, masked_idx), masked_idx
 
     def pretrain_loss(self, wavs: Tensor, lens: Tensor, *, mask: Tensor | None = None) -> PretrainOutput:
         """loss = InfoNCE + 10 * MSE on masked patches of a padded batch of waveforms.
@@ -370,17 +366,18 @@ class Ssast(Upstream):
         """The pretraining loss from a normalised (B, 1, 128, target_frames) spectrogram (see `pretrain_loss`)."""
         patches = self.patchify(spec)
         batch = spec.shape[0]
+        count = self.config.num_masked if mask is None else None
         nce_mask = self.sample_mask(batch) if mask is None else mask.to(spec.device)
-        nce_hidden, nce_idx = self._masked_outputs(spec, nce_mask)
+        nce_hidden, nce_idx = self._masked_outputs(spec, nce_mask, count)
         if self.config.pretrain_mode == "two_pass":
             mse_mask = self.sample_mask(batch) if mask is None else nce_mask
-            mse_hidden, mse_idx = self._masked_outputs(spec, mse_mask)
+            mse_hidden, mse_idx = self._masked_outputs(spec, mse_mask, count)
         else:
             mse_hidden, mse_idx = nce_hidden, nce_idx
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            nce, acc = info_nce(self.cpredlayer(nce_hidden.float()), _gather_tokens(patches, nce_idx))
+            nce, acc = info_nce(self.cpredlayer(nce_hidden.float()), gather_tokens(patches, nce_idx))
             recon = self.gpredlayer(mse_hidden.float())
-            mse = F.mse_loss(recon, _gather_tokens(patches, mse_idx).float())
+            mse = F.mse_loss(recon, gather_tokens(patches, mse_idx).float())
         loss = nce + 10.0 * mse
         stats = {"nce": nce.detach(), "mse": mse.detach(), "nce_acc": acc.detach()}
         return PretrainOutput(loss=loss, stats=stats)

@@ -92,11 +92,20 @@ def live_linear_probe(upstream, task, fold, *, hparams: dict, seed: int, quiet: 
     upstream and feeds frame-level features to the head. Returns (test score, best dev score)."""
     import torch
 
-    from maebench.downstream.feature_cache import min_input_samples, pad_batch, read_for_eval
+    from maebench.downstream.feature_cache import min_input_samples, module_device, pad_batch, read_for_eval
     from maebench.downstream.metrics import task_score
-    from maebench.downstream.probes import SuperbHead, eval_labels, predict, targets_for, train_superb_head
+    from maebench.downstream.probes import (
+        SuperbHead,
+        balanced_weights,
+        device_autocast,
+        eval_labels,
+        loss_name,
+        predict,
+        targets_for,
+        train_superb_head,
+    )
 
-    device = next(upstream.parameters()).device
+    device = module_device(upstream)
     max_samples = None if task.max_eval_seconds is None else int(task.max_eval_seconds * upstream.sample_rate)
     min_samples = min_input_samples(upstream)
     upstream.eval()
@@ -109,7 +118,7 @@ def live_linear_probe(upstream, task, fold, *, hparams: dict, seed: int, quiet: 
 
     def train_logits(indices: torch.Tensor) -> torch.Tensor:
         wavs, lens = pad_batch([read_for_eval(task, fold.train[int(i)], max_samples, min_samples) for i in indices])
-        with torch.no_grad():
+        with torch.no_grad(), device_autocast(device):  # the cached run extracts at this precision too
             features = upstream(wavs.to(device), lens.to(device))
         return head.forward_frames([h.float() for h in features.hidden_states], features.lens.to(device))
 
@@ -117,11 +126,11 @@ def live_linear_probe(upstream, task, fold, *, hparams: dict, seed: int, quiet: 
         logits = predict(upstream, head, task, fold.dev, quiet=True)
         return task_score(task.metric, logits, eval_labels([ex.label for ex in fold.dev], task))
 
-    loss = "bce" if task.multilabel else hparams.get("loss", "ce")
     best_dev, _ = train_superb_head(
         head, num_train=len(fold.train), train_targets=targets_for([ex.label for ex in fold.train], task),
-        train_logits=train_logits, dev_score=dev_score if fold.dev else None, hparams=hparams, loss=loss,
-        seed=seed, quiet=quiet, description=f"live linear {task.name}",
+        train_logits=train_logits, dev_score=dev_score if fold.dev else None, hparams=hparams,
+        loss=loss_name(hparams, task), seed=seed, quiet=quiet, description=f"live linear {task.name}",
+        sample_weights=balanced_weights(task, hparams, len(fold.train)),  # as the cached run draws them (KS1)
     )
     logits = predict(upstream, head, task, fold.test, quiet=quiet, description=f"live test {task.name}")
     return task_score(task.metric, logits, eval_labels([ex.label for ex in fold.test], task)), best_dev

@@ -2,17 +2,21 @@
 
 Each model trains on one fixed random batch: forward (filterbank included), backward and an AdamW step, after
 untimed warm-up steps, with the device synchronised around the timed loop. Prints step time, clips/s, peak memory
-(CUDA), model-FLOPs utilisation (CUDA: the models' own pretrain_flops over the GPU's dense bf16 peak) and the
-MAE-AST speed and memory ratios. Defaults: CUDA = ViT-B, 1024 frames, batch 128, bf16; CPU = tiny, 256 frames.
+(CUDA), model-FLOPs utilisation (CUDA: the models' own pretrain_flops over the GPU's dense bf16 peak, so bf16 runs
+only unless --peak-tflops is given) and the MAE-AST speed and memory ratios. Defaults: CUDA = ViT-B, 1024 frames,
+batch 128, bf16; CPU = tiny, 256 frames.
 """
 
 from __future__ import annotations
 
 import argparse
 
-# Dense bf16 tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name(); --peak-tflops overrides.
+# Dense bf16 tensor-core peaks (FLOP/s) by a substring of torch.cuda.get_device_name(), first match wins (so the
+# PCIe / NVL H100s come before the SXM one); --peak-tflops overrides.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "GH200": 989e12,
     "A100": 312e12,
@@ -25,16 +29,32 @@ PEAK_BF16_FLOPS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=("tiny", "small", "base"), help="model size (CUDA: base, CPU: tiny)")
-    parser.add_argument("--batch", type=int, help="clips per step (CUDA: 128, CPU: 4)")
-    parser.add_argument("--frames", type=int, help="fbank frames per clip (CUDA: 1024 = 10.24 s, CPU: 256)")
-    parser.add_argument("--steps", type=int, help="timed steps (CUDA: 20, CPU: 5)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (CUDA: 5, CPU: 2)")
+    parser.add_argument("--batch", type=_at_least(1), help="clips per step (CUDA: 128, CPU: 4)")
+    parser.add_argument("--frames", type=_at_least(1), help="fbank frames per clip (CUDA: 1024 = 10.24 s, CPU: 256)")
+    parser.add_argument("--steps", type=_at_least(1), help="timed steps (CUDA: 20, CPU: 5)")
+    parser.add_argument("--warmup", type=_at_least(0),
+                        help="untimed steps first (CUDA: 5, CPU: 2); with --compile, compiling happens here")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--tokenizer", default="patch", choices=("patch", "frame"))
     parser.add_argument("--compile", action="store_true", help="torch.compile each model's training step")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak (dense) TFLOP/s for the MFU column")
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum (a negative step count would crash mid-benchmark)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {minimum}")
+        return value
+
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cpu_threads())
     gpu = torch.cuda.get_device_name(device) if cuda else None
     peak = args.peak_tflops * 1e12 if args.peak_tflops else _peak_flops(gpu)
+    if precision != "bf16" and not args.peak_tflops:
+        peak = None  # the table holds bf16 peaks; an fp32 (TF32) step has a lower one
 
     generator = torch.Generator().manual_seed(0)
     wavs = (0.1 * torch.randn(batch, num_samples, generator=generator)).to(device)
@@ -78,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for label, preset, overrides in models:
         row = _time_model(label, preset, overrides, wavs, lens, device, dtype, steps, warmup, args.compile)
+        if args.compile:
+            torch._dynamo.reset()  # compiled graphs may hold the last model's weights alive
         if cuda:
             torch.cuda.empty_cache()  # the model and its optimizer state are gone with _time_model's frame
         rows.append(row)
@@ -89,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
             if mae.get("peak_bytes") and other.get("peak_bytes"):
                 memory = f", {other['peak_bytes'] / mae['peak_bytes']:.1f}x less peak memory"
             print(f"{mae['label']} vs {other['label']}: {other['step_s'] / mae['step_s']:.1f}x faster{memory}")
-    if cuda and not peak:
+    if cuda and not peak and precision != "bf16":
+        print("MFU not shown: the known peaks are bf16 ones; run with --precision bf16 or pass --peak-tflops")
+    elif cuda and not peak:
         print(f"MFU not shown: no peak FLOP/s known for {gpu}; pass --peak-tflops")
     if not cuda:
         print("peak memory and MFU are measured on CUDA only")
@@ -99,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 def _peak_flops(gpu: str | None) -> float | None:
     if not gpu:
         return None
-    for name, flops in PEAK_BF16_FLOPS.items():  # ordered so "H200"/"H100" win over shorter names
+    for name, flops in PEAK_BF16_FLOPS.items():
         if name in gpu:
             return flops
     return None
