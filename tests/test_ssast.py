@@ -320,3 +320,14 @@ def test_fbank_augment_applies_only_in_training():
         train_out = model(wavs, lens).hidden_states[-1]
     assert calls == [(1, 98, 128)]
     assert not torch.allclose(eval_out, train_out)
+
+
+def test_fbank_augment_sees_the_whole_clip_not_each_window():
+    """SpecAugment's time masks (48-192 frames in the recipes) must be drawn over the clip, once per item."""
+    model = tiny("frame")
+    shapes = []
+    model.fbank_augment = lambda fbank: shapes.append(fbank.shape) or fbank
+    model.train()
+    with torch.no_grad():
+        model(speechlike(2, 40000), torch.tensor([40000, 30000]))  # 2.5 s: three 1 s windows per item
+    assert shapes == [(2, 3 * 98, 128)]

@@ -435,7 +435,10 @@ class Ssast(Upstream):
 
         full = torch.full((windows.shape[0],), cfg.window_samples, device=device, dtype=torch.long)
         fbank, _ = fbank_batch(windows, full, FEATURE_FBANK)
-        fbank = self._normalise(self._augment(fbank))
+        per_window = fbank.shape[1]
+        # SpecAugment masks the clip (as SSAST's fine-tuning does), not each 1 s window separately
+        fbank = self._augment(fbank.reshape(batch, num_windows * per_window, -1))
+        fbank = self._normalise(fbank.reshape(batch * num_windows, per_window, -1))
         if fbank.shape[1] < cfg.window_frames:  # pad after normalising: s3prl's padding frames are exact zeros
             fbank = F.pad(fbank, (0, 0, 0, cfg.window_frames - fbank.shape[1]))
         fbank = fbank[:, : cfg.window_frames]
