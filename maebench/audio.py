@@ -8,7 +8,6 @@ because at pretraining speed a per-utterance CPU front end would starve the GPU.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
 from collections.abc import Iterator
@@ -305,7 +304,7 @@ def fbank_batch(wavs: Tensor, lens: Tensor, cfg: FbankConfig = MAE_AST_FBANK) ->
     on CPU it walks along time in cache-sized steps (never item by item).
     """
     if torch.compiler.is_compiling():  # inside torch.compile: one graph break here instead of seven below
-        return _eager_fbank_batch()(wavs, lens, cfg)
+        return torch.compiler.disable(fbank_batch)(wavs, lens, cfg)
     if wavs.dim() != 2:
         raise MaebenchError(f"fbank_batch expects wavs of shape (batch, samples), got {tuple(wavs.shape)}")
     batch, width = wavs.shape
@@ -338,12 +337,6 @@ def fbank_batch(wavs: Tensor, lens: Tensor, cfg: FbankConfig = MAE_AST_FBANK) ->
                 past_end = torch.arange(start, stop, device=device) >= frame_lens[:, None]
                 out.masked_fill_(past_end[..., None], 0.0)
     return feats, frame_lens
-
-
-@functools.cache
-def _eager_fbank_batch():
-    """fbank_batch marked to run eagerly under torch.compile (built on first use: importing dynamo costs ~1 s)."""
-    return torch.compiler.disable(fbank_batch)
 
 
 def _item_means(x: Tensor, lens: Tensor) -> Tensor:
