@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from maebench.atomic import write_text_atomic
 from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, resolve_hparams, run_probe
 from maebench.errors import MaebenchError
@@ -72,20 +72,6 @@ def new_run_dir(base: Path, name: str) -> Path:
     raise MaebenchError(f"too many runs named {name} in {base}; pass another --out")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -128,7 +114,7 @@ def evaluate(
     run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
                           f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
-    write_json_atomic(results_path, record)
+    write_text_atomic(results_path, json.dumps(record, indent=2) + "\n")
     if show_table and not quiet:
         print_results_table([record])
     return {**record, "results_path": str(results_path)}

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from maebench.atomic import write_text_atomic
 from maebench.errors import MaebenchError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -65,17 +66,6 @@ def read_manifest(path: str | Path) -> list[AudioItem]:
     return items
 
 
-def _write_atomically(out_path: Path, text: str) -> None:
-    """Write to a temporary sibling and rename, so an interrupted run never leaves half a manifest behind."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def format_manifest(root: Path, entries: Iterable[tuple[str, int]]) -> str:
     """The manifest text for `root` and (posix relpath, num_samples) entries."""
     lines = [str(root)] + [f"{relpath}\t{num_samples}" for relpath, num_samples in entries]
@@ -116,7 +106,8 @@ def write_manifest(
         print(f"skipped {len(skipped)} unreadable or empty file(s): {shown}{' ...' if len(skipped) > 3 else ''}")
     if not entries:
         raise MaebenchError(f"none of the {len(files)} audio files under {root} could be read; check the files")
-    _write_atomically(Path(out_path), format_manifest(root.resolve(), entries))
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_path, format_manifest(root.resolve(), entries))
     return len(entries)
 
 

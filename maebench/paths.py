@@ -23,10 +23,9 @@ def _latest_pointer() -> Path:
 
 def record_latest_pretrain_run(run_dir: Path) -> None:
     """Remember `run_dir` as the run `maebench eval` uses when no --upstream is given."""
-    pointer = _latest_pointer()
-    tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(str(Path(run_dir).resolve()) + "\n")
-    tmp.replace(pointer)
+    from maebench.atomic import write_text_atomic
+
+    write_text_atomic(_latest_pointer(), str(Path(run_dir).resolve()) + "\n")
 
 
 def latest_pretrain_run() -> Path | None:

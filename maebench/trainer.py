@@ -28,6 +28,7 @@ from torch import nn
 
 from maebench import distributed as ddp
 from maebench import run_checkpoint as ckpt
+from maebench.atomic import write_text_atomic
 from maebench.config import PretrainConfig, check_required, config_hash, to_yaml, validate
 from maebench.errors import MaebenchError
 
@@ -289,7 +290,7 @@ def _train(cfg: PretrainConfig, env: ddp.DistEnv, *, resume: bool, overwrite: bo
         for message in decision.messages:
             print(message, flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(run_dir / ckpt.CONFIG_FILE, to_yaml(cfg))
+        write_text_atomic(run_dir / ckpt.CONFIG_FILE, to_yaml(cfg))
 
     # ---- model, optimizer, schedule
     seed_everything(t.seed)  # identical initial weights on every rank
@@ -509,10 +510,4 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a kill
-    _write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
