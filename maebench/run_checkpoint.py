@@ -150,7 +150,7 @@ def save_checkpoint(
         _write_durably(stage / TRAINER_FILE, trainer)
         fsync_path(stage)
         if final.exists():  # the same step saved again (a resumed run that had nothing left to do)
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(stage, final)
         fsync_path(root)
     finally:
@@ -189,8 +189,16 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints; returns what was deleted."""
     doomed = list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path)
     return doomed
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory without ever leaving half of one under its step_ name: rename it to a
+    staging name first (atomic), then remove it; a kill in between leaves only garbage remove_stale_staging clears."""
+    trash = path.with_name(f"{_STAGING_PREFIX}discard-{os.getpid()}-{path.name}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_stale_staging(run_dir: Path) -> None:

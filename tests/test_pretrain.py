@@ -181,6 +181,25 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(clips, tmp_path):
     assert last >= 1
 
 
+def test_pruning_killed_midway_leaves_no_half_checkpoint(clips, tmp_path, monkeypatch):
+    """A kill while an old checkpoint is deleted must not leave a partial directory under a step_ name."""
+    run = tmp_path / "run"
+    trainer.train(tiny_config(clips, run), quiet=True)  # checkpoints at steps 4 and 8
+
+    def killed_mid_delete(path, ignore_errors=False):
+        next(p for p in Path(path).iterdir() if p.is_file()).unlink()  # one file gone, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune(run, keep_last=1)
+    monkeypatch.undo()
+    step_dirs = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")]
+    assert step_dirs == ckpt.list_checkpoints(run) == [run / "checkpoints/step_00000008"]
+    ckpt.remove_stale_staging(run)  # the next start clears the leftover
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000008"]
+
+
 def test_failed_checkpoint_write_keeps_previous(clips, tmp_path, monkeypatch):
     run = tmp_path / "run"
     real_write = ckpt._write_durably
