@@ -51,7 +51,8 @@ def _preset(name: str, size: str, overrides: dict[str, Any]):
 
 
 def mae_ast_patch(size: str = "base", **overrides: Any):
-    """MAE-AST, 16x16 patch tokens, chunk masking; size tiny | small | base; overrides = MaeAstConfig fields."""
+    """MAE-AST, 16x16 patch tokens, chunk masking; size tiny | small | base; overrides = MaeAstConfig fields
+    (the vocabulary both families share: depth, dim, num_heads, ffn_dim, mask_type, ...)."""
     return _preset("mae_ast_patch", size, overrides)
 
 
@@ -61,7 +62,8 @@ def mae_ast_frame(size: str = "base", **overrides: Any):
 
 
 def ssast_patch(size: str = "base", **overrides: Any):
-    """SSAST, 16x16 patches (stride 10 features); size tiny | small | base; overrides = SsastConfig fields."""
+    """SSAST, 16x16 patches (stride 10 features); size tiny | small | base; overrides = SsastConfig fields
+    (the vocabulary both families share: depth, dim, num_heads, ffn_dim, mask_type, ...)."""
     return _preset("ssast_patch", size, overrides)
 
 

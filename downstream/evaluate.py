@@ -21,8 +21,9 @@ import torch
 
 from maebench.atomic import write_text_atomic
 from maebench.downstream.metrics import mean_std
-from maebench.downstream.probes import PROBES, ProbeResult, resolve_hparams, run_probe
+from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
 from maebench.errors import MaebenchError
+from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
 from maebench.upstream.interface import Upstream
 
 RESULTS_FORMAT = 1
@@ -41,7 +42,7 @@ def resolve_upstream(spec: str | Path | Upstream) -> tuple[Upstream, dict[str, A
             torch.manual_seed(0)
             model = load(spec)
         candidate = Path(str(spec)).expanduser()
-        if candidate.is_dir() and (candidate / "checkpoints").is_dir():
+        if is_run_dir(candidate):
             candidate = find_run_checkpoint(candidate)  # record the exact checkpoint a run directory resolved to
         name, path = str(spec), (str(candidate.resolve()) if candidate.exists() else None)
     identity = {"name": name, "path": path, "family": model.family, "config_hash": config_hash(model),
@@ -55,7 +56,7 @@ def upstream_slug(identity: dict[str, Any]) -> str:
         text = identity["name"]
     else:
         path = Path(identity["path"])
-        text = f"{path.parents[1].name}-{path.name}" if path.parent.name == "checkpoints" else path.stem
+        text = f"{path.parents[1].name}-{path.name}" if path.parent.name == RUN_CHECKPOINTS else path.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "upstream"
 
 
@@ -84,7 +85,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
     (its path under the key "results_path", which is not written to the file)."""
-    from maebench.downstream.tasks import load_task
+    from maebench.downstream.datasets import load_task
 
     if probe not in PROBES:
         raise MaebenchError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
@@ -92,7 +93,7 @@ def evaluate(
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
     task = load_task(task_name, data_root)
-    hparams = resolve_hparams(probe, task, overrides)
+    settings = resolve_settings(probe, task, overrides)
     model, identity = resolve_upstream(upstream_spec)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
@@ -105,12 +106,12 @@ def evaluate(
     for fold in task.folds:
         for seed in range(seeds):
             run_model = copy.deepcopy(model) if probe == "finetune" else model
-            result = run_probe(probe, run_model, task, fold, seed=seed, hparams=copy.deepcopy(hparams),
+            result = run_probe(probe, run_model, task, fold, seed=seed, settings=copy.deepcopy(settings),
                                quiet=quiet, cache_options=cache_options, num_workers=num_workers)
             results.append((fold.name, seed, result))
             del run_model
 
-    record = _results_record(task, identity, probe, hparams, results, time.perf_counter() - started)
+    record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
                           f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
@@ -120,8 +121,8 @@ def evaluate(
     return {**record, "results_path": str(results_path)}
 
 
-def _results_record(task, identity: dict, probe: str, hparams: dict, results: list[tuple[str, int, ProbeResult]],
-                    total_s: float) -> dict[str, Any]:
+def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
+                    results: list[tuple[str, int, ProbeResult]], total_s: float) -> dict[str, Any]:
     by_fold: dict[str, list[float]] = {}
     for fold, _, result in results:
         by_fold.setdefault(fold, []).append(result.score)
@@ -143,7 +144,7 @@ def _results_record(task, identity: dict, probe: str, hparams: dict, results: li
     return {
         "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,
         "score": round(score, 4), "std": round(std, 4), "runs": runs, "upstream": identity,
-        "probe": {"name": probe, "hparams": _jsonable(hparams)}, "layers": _mean_layers(results),
+        "probe": {"name": probe, "hparams": settings_dict(settings)}, "layers": _mean_layers(results),
         "data": {"root": str(Path(task.root).resolve()), "toy": bool(task.is_toy)},
         "timings": {"extract_s": round(sum(r.timings.get("extract_s", 0.0) for _, _, r in results), 3),
                     "train_s": round(sum(r.timings.get("train_s", 0.0) for _, _, r in results), 3),
@@ -160,10 +161,6 @@ def _mean_layers(results: list[tuple[str, int, ProbeResult]]) -> dict[str, list[
         if rows:
             out[key] = [round(sum(column) / len(column), 6) for column in zip(*rows, strict=True)]
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def _versions() -> dict[str, str]:

@@ -23,52 +23,24 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-from torch import Tensor
 
 from maebench import __version__
+from maebench.downstream.batching import eval_batches, masked_mean
+from maebench.downstream.device import device_autocast, module_device
 from maebench.errors import MaebenchError
 from maebench.paths import cache_dir
+from maebench.progress import progress_bar
 from maebench.upstream.interface import Upstream
 
 CACHE_FORMAT = 1
 POOLING = "masked_mean"
-
-
-class _RateColumn(ProgressColumn):
-    """Items per second (rich's own columns show bytes or nothing)."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "", style="progress.data.speed")
-
-
-def progress_bar(quiet: bool = False) -> Progress:
-    """A rich progress bar with count, rate and ETA; silent when `quiet` or when stderr is not a terminal."""
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-        disable=quiet or not console.is_terminal, transient=False,
-    )
 
 
 @dataclass
@@ -86,13 +58,6 @@ class FeatureSet:
     @property
     def num_layers(self) -> int:
         return int(self.features.shape[1])
-
-
-def masked_mean(hidden: Tensor, lens: Tensor) -> Tensor:
-    """Mean over the first `lens[b]` frames of each item: (B, T, D), (B,) -> (B, D)."""
-    mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lens.to(hidden.device)[:, None]
-    summed = (hidden * mask[..., None].to(hidden.dtype)).sum(dim=1)
-    return summed / lens.to(hidden.device).clamp(min=1)[:, None].to(hidden.dtype)
 
 
 def example_key(example) -> str:
@@ -173,11 +138,20 @@ def cached_features(
     return _open_rows(directory, [example_key(e) for e in examples], hit=hit, extract_s=extract_s)
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of `module`'s first parameter or buffer (CPU for a module with neither)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+def fold_features(upstream: Upstream, task, fold, *, quiet: bool = True, cache_options: dict | None = None
+                  ) -> dict[str, FeatureSet]:
+    """Cached features of each non-empty split of `fold` ({"train", "dev"?, "test"}), from one task-wide entry.
+    `cache_options` are `cached_features` keyword arguments (fingerprints, workers, root)."""
+    options = dict(cache_options or {})
+    if options.get("upstream_fingerprint") is None:
+        from maebench.upstream.registry import fingerprint
+
+        options["upstream_fingerprint"] = fingerprint(upstream)
+    options.setdefault("data_fingerprint", task.data_fingerprint())
+    return {
+        name: cached_features(upstream, task, examples, quiet=quiet, **options)
+        for name, examples in fold.splits().items() if examples
+    }
 
 
 def _is_complete(directory: Path) -> bool:
@@ -229,79 +203,6 @@ def _write_entry(directory: Path, upstream: Upstream, task, examples: Sequence, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class _ExampleAudio(torch.utils.data.Dataset):
-    """Waveforms of `examples` cropped to the task's evaluation length, for DataLoader workers."""
-
-    def __init__(self, task, examples: Sequence, max_samples: int | None, min_samples: int):
-        self.task, self.examples, self.max_samples, self.min_samples = task, examples, max_samples, min_samples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor]:
-        return index, read_for_eval(self.task, self.examples[index], self.max_samples, self.min_samples)
-
-
-def read_for_eval(task, example, max_samples: int | None, min_samples: int) -> Tensor:
-    """The evaluation waveform: the first `max_samples`, zero-padded to `min_samples` so every clip yields a frame."""
-    wav = task.read(example)
-    if max_samples is not None:
-        wav = wav[:max_samples]
-    if wav.numel() < min_samples:
-        wav = torch.nn.functional.pad(wav, (0, min_samples - wav.numel()))
-    return wav
-
-
-def min_input_samples(upstream: Upstream) -> int:
-    """Shortest input that gives every upstream at least one output frame (one 400-sample fbank window more
-    than a frame's stride covers the patch models' 16-frame tokens)."""
-    return int(upstream.downsample_rate) + 400
-
-
-def pad_batch(wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Right-pad 1-D waveforms with zeros: (B, max N) and their lengths (B,)."""
-    lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-    batch = torch.zeros(len(wavs), int(lens.max()))
-    for row, wav in enumerate(wavs):
-        batch[row, : wav.numel()] = wav
-    return batch, lens
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, batch_samples: int) -> list[list[int]]:
-    """Indices grouped longest-first into batches of at most `batch_size` items and `batch_samples` padded samples
-    (one over-long item still forms a batch of its own)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for index in order:
-        current = batches[-1] if batches else None
-        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= batch_samples:
-            current.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
-def eval_batches(
-    upstream: Upstream, task, examples: Sequence, *, batch_size: int = 16, batch_seconds: float = 160.0,
-    num_workers: int = 0,
-) -> Iterator[tuple[list[int], Tensor, Tensor]]:
-    """(indices into `examples`, padded waveforms (B, N), lengths (B,)) of evaluation-cropped clips, read in chunks
-    (optionally by DataLoader workers) and length-sorted within each chunk so batches carry little padding without
-    holding a whole split in memory."""
-    sample_rate = int(upstream.sample_rate)
-    max_samples = None if task.max_eval_seconds is None else int(task.max_eval_seconds * sample_rate)
-    dataset = _ExampleAudio(task, examples, max_samples, min_input_samples(upstream))
-    chunk = max(batch_size * 16, 256)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=chunk, shuffle=False, num_workers=num_workers, collate_fn=list,
-    )
-    for items in loader:
-        lengths = [wav.numel() for _, wav in items]
-        for group in length_batches(lengths, batch_size, int(batch_seconds * sample_rate)):
-            wavs, lens = pad_batch([items[i][1] for i in group])
-            yield [items[i][0] for i in group], wavs, lens
-
-
 def _extract_to(
     path: Path, upstream: Upstream, task, examples: Sequence, *, layers: Sequence[int] | None,
     batch_size: int, batch_seconds: float, num_workers: int, device: torch.device, quiet: bool,
@@ -313,11 +214,10 @@ def _extract_to(
     upstream.eval()
     out: np.ndarray | None = None
     lens_out = np.zeros(len(examples), dtype=np.int64)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     batches = eval_batches(upstream, task, examples, batch_size=batch_size, batch_seconds=batch_seconds,
                            num_workers=num_workers)
     try:
-        with progress_bar(quiet) as progress, torch.inference_mode(), autocast:
+        with progress_bar(quiet, unit="clips") as progress, torch.inference_mode(), device_autocast(device):
             bar = progress.add_task(f"features {task.name}", total=len(examples))
             for indices, wavs, lens in batches:
                 features = upstream(wavs.to(device), lens.to(device))

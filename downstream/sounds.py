@@ -1,5 +1,7 @@
-"""Sound sources for the toy datasets: spoken words (espeak-ng, or a formant-synthesis fallback) and procedural
-sound classes (tones, chirps, clicks, ...), all deterministic, all at 16 kHz unless asked otherwise.
+"""The one synthesiser of toy audio: spoken words (espeak-ng, or a formant-synthesis fallback), procedural sound
+classes (tones, chirps, clicks, ...) and the building blocks they share (harmonic stacks, formant resonators, noise
+bands, envelopes), all deterministic, all at 16 kHz unless asked otherwise. The toy evaluation datasets
+(downstream/toy.py) and the built-in pretraining corpus (maebench/toy_corpus.py) both render through it.
 
 Why two speech back ends: espeak-ng gives real, intelligible words with many voices, but it is a system package
 that may be missing; the formant fallback keeps every toy task buildable (and learnable: words differ by their
@@ -22,8 +24,8 @@ import numpy as np
 from scipy.signal import lfilter, resample_poly
 
 from maebench.errors import MaebenchError
+from maebench.upstream.frontend import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 SPEECH_BACKEND_ENV = "MAEBENCH_TOY_SPEECH"  # "espeak" | "procedural": overrides speech_backend="auto"
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 
@@ -70,7 +72,7 @@ def synthesize(jobs: Sequence[tuple[str, Voice]], backend: str) -> list[np.ndarr
     return [say(text, voice) for text, voice in jobs]
 
 
-# ------------------------------------------------------------------------------------------------------ espeak-ng
+# --------------------------------------------------------------------------------------------------- espeak-ng
 def espeak_say(text: str, voice: Voice) -> np.ndarray:
     """`text` spoken by espeak-ng (22.05 kHz output, resampled to 16 kHz); deterministic for a given version."""
     import soundfile as sf
@@ -133,11 +135,11 @@ def formant_say(text: str, voice: Voice) -> np.ndarray:
             if char in _VOICED:
                 seg *= 0.45
                 if char in "vzj":
-                    seg += 0.15 * _noise_band(rng, n, _NOISE["s"] * scale)
+                    seg += 0.15 * noise_band(rng, n, _NOISE["s"] * scale)
         elif char in _NOISE:
             seconds = (0.04 if char in _PLOSIVES else 0.08) * rate
             n = int(seconds * SAMPLE_RATE)
-            seg = 0.5 * _noise_band(rng, n, _NOISE[char] * scale)
+            seg = 0.5 * noise_band(rng, n, _NOISE[char] * scale)
         else:  # spaces and punctuation: a short pause
             seg = np.zeros(int(0.06 * rate * SAMPLE_RATE))
         pieces.append(_fade(seg))
@@ -146,6 +148,7 @@ def formant_say(text: str, voice: Voice) -> np.ndarray:
     return (wav / peak * 0.5 * voice.volume / 100.0).astype(np.float32)
 
 
+# ---------------------------------------------------------------- building blocks: sources, filters, envelopes
 def _pulse_train(f0: np.ndarray, phase: float) -> tuple[np.ndarray, float]:
     """Glottal-like source: one pulse per period of the f0 contour, low-passed for a natural spectral tilt."""
     cycles = phase + np.cumsum(f0 / SAMPLE_RATE)
@@ -163,8 +166,9 @@ def _formant_filter(x: np.ndarray, formants: Sequence[float], bandwidths: Sequen
     return sum(_resonator(x, f, b) * g for f, b, g in zip(formants, bandwidths, (1.0, 0.6, 0.3), strict=True))
 
 
-def _noise_band(rng: np.random.Generator, n: int, centre: float) -> np.ndarray:
-    return _resonator(rng.standard_normal(n), centre, 0.5 * centre) * 4.0
+def noise_band(rng: np.random.Generator, n: int, centre: float, bandwidth: float | None = None) -> np.ndarray:
+    """`n` samples of white noise through one resonance at `centre` Hz (bandwidth default: half the centre)."""
+    return _resonator(rng.standard_normal(n), centre, 0.5 * centre if bandwidth is None else bandwidth) * 4.0
 
 
 def _fade(seg: np.ndarray, seconds: float = 0.008) -> np.ndarray:
@@ -177,11 +181,45 @@ def _fade(seg: np.ndarray, seconds: float = 0.008) -> np.ndarray:
     return seg
 
 
+def harmonics(f0: np.ndarray, amps: np.ndarray) -> np.ndarray:
+    """A harmonic stack on the f0 contour `f0` (Hz per sample): harmonic k weighted by amps[k-1], each muted
+    where it would pass 7.5 kHz."""
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    k = np.arange(1, amps.size + 1, dtype=np.float64)
+    used = (amps != 0) & (k * f0.min() < 7500.0)  # skip harmonics that are silent everywhere
+    k, amps = k[used, None], amps[used, None]
+    wrapped = (phase % (2 * np.pi)).astype(np.float32)  # k * phase stays small, so float32 sines are accurate
+    audible = (k * f0[None, :]) < 7500.0
+    return (amps * audible * np.sin(k.astype(np.float32) * wrapped[None, :])).sum(axis=0)
+
+
+def gate(n: int, segments: np.ndarray, fade: int) -> np.ndarray:
+    """An envelope of `n` samples: 1 inside each [start, end) segment with raised-cosine fades of `fade` samples."""
+    out = np.zeros(n)
+    for start, end in segments:
+        start, end = max(int(start), 0), min(int(end), n)
+        t = np.arange(start, end)
+        shape = np.minimum(np.clip((t - start) / fade, 0, 1), np.clip((end - t) / fade, 0, 1))
+        out[start:end] = np.maximum(out[start:end], 0.5 - 0.5 * np.cos(np.pi * shape))
+    return out
+
+
+def pink_noise(white: np.ndarray) -> np.ndarray:
+    """Kellet-style 1/f approximation of white noise: a sum of leaky integrators."""
+    return sum(lfilter([1.0], [1.0, -p], white) * g for p, g in ((0.99, 0.05), (0.95, 0.1), (0.6, 0.3)))
+
+
+def normalise(wav: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """`wav` scaled to the given peak (silence stays silent), as float32."""
+    top = float(np.max(np.abs(wav))) or 1.0
+    return (wav / top * peak).astype(np.float32)
+
+
 def _stable_seed(*parts: object) -> int:
     return int(hashlib.sha1(repr(parts).encode()).hexdigest()[:12], 16)
 
 
-# ----------------------------------------------------------------------------------------- procedural sounds
+# ------------------------------------------------------------------------------------------- procedural sounds
 def _tone(rng, t):
     f = rng.uniform(300, 1500)
     return np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t)
@@ -270,7 +308,7 @@ def render_sound(name: str, rng: np.random.Generator, seconds: float, sample_rat
     """One clip of procedural sound class `name` (random parameters from `rng`), peak-normalised to 0.5."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wav = SOUND_CLASSES[name](rng, t)
-    return _normalise(wav, 0.5)
+    return normalise(wav, 0.5)
 
 
 NOISE_KINDS = ("white_noise", "pink_noise", "running_tap", "exercise_bike")
@@ -282,8 +320,8 @@ def render_noise(kind: str, rng: np.random.Generator, seconds: float) -> np.ndar
     white = rng.standard_normal(n)
     if kind == "white_noise":
         wav = white
-    elif kind == "pink_noise":  # Kellet-style 1/f approximation: sum of leaky integrators
-        wav = sum(lfilter([1.0], [1.0, -p], white) * g for p, g in ((0.99, 0.05), (0.95, 0.1), (0.6, 0.3)))
+    elif kind == "pink_noise":
+        wav = pink_noise(white)
     elif kind == "running_tap":
         wav = _resonator(white, 2500.0, 2000.0) * (0.7 + 0.3 * rng.standard_normal(n).cumsum() / np.sqrt(n))
     elif kind == "exercise_bike":
@@ -291,9 +329,4 @@ def render_noise(kind: str, rng: np.random.Generator, seconds: float) -> np.ndar
         wav = _hum(rng, t) * (0.6 + 0.4 * np.sin(2 * np.pi * 1.3 * t)) + 0.3 * white
     else:
         raise ValueError(f"unknown noise kind {kind!r}")
-    return _normalise(wav, 0.3)
-
-
-def _normalise(wav: np.ndarray, peak: float) -> np.ndarray:
-    top = float(np.max(np.abs(wav))) or 1.0
-    return (wav / top * peak).astype(np.float32)
+    return normalise(wav, 0.3)

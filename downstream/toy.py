@@ -4,6 +4,8 @@ The real loaders read them unchanged, so every code path (list files, hash split
 silence crops, label merging) is exercised on any machine. Speech comes from espeak-ng voices when available
 (distinct speakers = voice variant + pitch + speed) and from the formant fallback otherwise; ESC-50 and AudioSet
 clips are procedural sound classes. Builds are deterministic for a given seed and speech back end.
+This builder sits above the task loaders it imitates (it imports their word lists and split rule); "no root: use
+the toy" is `maebench.downstream.datasets.load_task`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from maebench.errors import MaebenchError
+from maebench.paths import cache_dir
+from maebench.upstream.frontend import SAMPLE_RATE
 
 from .sounds import NOISE_KINDS, SOUND_CLASSES, Voice, render_noise, render_sound, resolve_speech_backend, synthesize
+from .tasks import check_task_name
+from .tasks.base import TOY_MARKER
 from .tasks.speech_commands import KS1_COMMANDS, KS2_WORDS, which_set
 
-SAMPLE_RATE = 16000
 TOY_VERSION = 1
-TOY_MARKER = ".maebench_toy.json"  # hidden; the loaders never look at it (only `is_toy_root` does)
 TOY_DIR_OF = {"as2m": "as20k"}  # as2m's toy shares the AudioSet toy (it ships unbalanced_train.json too)
 SPEECH_TASKS = ("ks2", "ks1", "sid", "er")
 
@@ -323,9 +326,9 @@ _BUILDERS: dict[str, Callable[[Path, int, str], None]] = {
 
 
 def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: str = "auto") -> Path:
-    """Write the toy `name` dataset into `out_dir` (which becomes the task root); returns that root."""
-    if name not in _BUILDERS:
-        raise MaebenchError(f"unknown task {name!r}; choose one of {', '.join(_BUILDERS)}")
+    """Write the toy look-alike of `name` in its official layout into `out_dir` (which becomes the task root);
+    returns that root."""
+    check_task_name(name)
     root = Path(out_dir).expanduser()
     backend = resolve_speech_backend(speech_backend) if name in SPEECH_TASKS else "none"
     root.mkdir(parents=True, exist_ok=True)
@@ -333,12 +336,6 @@ def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: 
     marker = {"task": TOY_DIR_OF.get(name, name), "version": TOY_VERSION, "seed": seed, "speech_backend": backend}
     (root / TOY_MARKER).write_text(json.dumps(marker) + "\n")
     return root
-
-
-def is_toy_root(path: Path) -> bool:
-    """True for a folder written by build_toy (or KS1's inner v0.01 folder of one)."""
-    return (path / TOY_MARKER).is_file() or (path.name == "speech_commands_v0.01"
-                                             and (path.parent / TOY_MARKER).is_file())
 
 
 def _valid_toy(path: Path) -> bool:
@@ -350,8 +347,6 @@ def _valid_toy(path: Path) -> bool:
 
 def ensure_toy(name: str, announce: Callable[[str], None] = print) -> Path:
     """The cached toy root of `name` (cache_dir()/toy/<name>), built atomically on first use."""
-    from maebench.paths import cache_dir
-
     base = cache_dir() / "toy"
     target = base / TOY_DIR_OF.get(name, name)
     if _valid_toy(target):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from maebench.errors import MaebenchError
+from maebench.upstream.checkpoint import list_checkpoints
+from maebench.upstream.vocabulary import modern
 
 __all__ = [
     "PAPER",
@@ -174,9 +176,7 @@ def _checkpoint_config(upstream_path: str | None) -> dict[str, Any] | None:
     if not upstream_path:
         return None
     path = Path(upstream_path)
-    candidates = [path / "config.json"]
-    if (path / "checkpoints").is_dir():
-        candidates += sorted((path / "checkpoints").glob("step_*/config.json"), reverse=True)
+    candidates = [path / "config.json"] + [step / "config.json" for step in reversed(list_checkpoints(path))]
     for candidate in candidates:
         try:
             meta = json.loads(candidate.read_text(encoding="utf-8"))
@@ -194,11 +194,11 @@ def infer_reference(upstream: str, family: str, upstream_path: str | None) -> Re
     for key in ("mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame"):
         if name.split(":")[0].endswith(key):
             return PAPER[key]
-    config = _checkpoint_config(upstream_path) or {}
+    config = modern(family, _checkpoint_config(upstream_path) or {})  # 0.1.0 checkpoints use older names
     tokenizer = config.get("tokenizer")
     if family in ("mae_ast", "ssast") and tokenizer in ("patch", "frame"):
         key = f"{family}_{tokenizer}"
-        if family == "mae_ast" and config.get("encoder_layers") == 6:
+        if family == "mae_ast" and config.get("depth") == 6:
             key += "_6"
         return PAPER[key]
     return None

@@ -5,6 +5,7 @@ resolved config next to its outputs. The no-argument default (`PretrainConfig()`
 `recipes/demo_tiny.yaml` equals it. `OptimConfig()` alone is the paper's optimisation (MAE-AST's fairseq config:
 Adam(0.9, 0.98) with decoupled weight decay 0.01, eps 1e-6, lr 1e-4, 32k warm-up steps then polynomial decay,
 clipping 10); the demo keeps all of it but the peak lr and warm-up length, which a 300-step run cannot use.
+Overrides are typed and checked by maebench.settings, the same rules the probe settings of `maebench eval` use.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import dataclasses
 import hashlib
 import importlib.resources
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from maebench.errors import MaebenchError
+from maebench.settings import parse_scalar, set_field, split_assignment
 
 MODEL_NAMES = ("mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame")
 MODEL_SIZES = ("tiny", "small", "base")
@@ -36,7 +36,7 @@ RECIPES_DIR = Path(importlib.resources.files("maebench.recipes"))  # type: ignor
 class ModelConfig:
     name: Literal["mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame"] = "mae_ast_patch"
     size: Literal["tiny", "small", "base"] = "tiny"
-    # Fields of the model family's own config (MaeAstConfig / SsastConfig), e.g. {"encoder_layers": 6}.
+    # Fields of the model family's own config (MaeAstConfig / SsastConfig), e.g. {"depth": 6}.
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,10 +167,8 @@ def apply_overrides(cfg: PretrainConfig, overrides: list[str], *, origin: str = 
     """A copy of `cfg` with `key.sub=value` strings applied (type-checked; unknown key -> MaebenchError naming it)."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MaebenchError(f"{origin} {item!r}: expected key=value, e.g. optim.lr=3e-4")
-        _set(cfg, key.strip(), value.strip(), origin, from_text=True)
+        key, value = split_assignment(item, origin=origin, example="optim.lr=3e-4")
+        _set(cfg, key, value, origin, from_text=True)
     return cfg
 
 
@@ -226,98 +224,23 @@ def _flatten(data: dict[str, Any], origin: str, prefix: str = "") -> list[tuple[
 
 
 def _set(cfg: PretrainConfig, key: str, value: Any, origin: str, *, from_text: bool) -> None:
+    """One override: `model.overrides[.FIELD]` (free-form model fields) here, every other key by the typed rules
+    of maebench.settings."""
     parts = key.split(".")
-    if parts[:2] == ["model", "overrides"]:
-        if len(parts) == 2:  # the whole mapping
-            parsed = yaml.safe_load(value) if from_text else value
-            if parsed in (None, ""):
-                parsed = {}
-            if not isinstance(parsed, dict):
-                raise MaebenchError(f"{origin} model.overrides={value!r}: expected a mapping, e.g. {{depth: 2}}")
-            if any(":" in str(k) and v is None for k, v in parsed.items()):
-                raise MaebenchError(f"{origin} model.overrides={value!r}: YAML needs a space after each colon, "
-                                    "e.g. {dim: 32, encoder_layers: 2}")
-            cfg.model.overrides = {str(k): v for k, v in parsed.items()}
-            return
-        if len(parts) != 3 or not parts[2]:
-            raise MaebenchError(f"{origin}: unknown config key {key!r}; use model.overrides.FIELD=value")
-        cfg.model.overrides[parts[2]] = _parse_scalar(value) if from_text else value
+    if parts[:2] != ["model", "overrides"]:
+        set_field(cfg, key, value, origin=origin)
         return
-    target: Any = cfg
-    for depth, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
-        if part not in fields:
-            where = ".".join(parts[:depth]) or "top level"
-            known = ", ".join(fields) if fields else "(not a section)"
-            raise MaebenchError(f"{origin}: unknown config key {key!r} ({where} has: {known})")
-        if depth == len(parts) - 1:
-            hint = typing.get_type_hints(type(target))[part]
-            if dataclasses.is_dataclass(hint):
-                raise MaebenchError(f"{origin}: {key!r} is a section; set one of its fields, e.g. {key}.FIELD=value")
-            setattr(target, part, _coerce(value, hint, key, origin, from_text))
-            return
-        target = getattr(target, part)
-
-
-def _parse_scalar(text: str) -> Any:
-    """YAML scalar parsing, plus floats YAML 1.1 misses (3e-4 without a dot)."""
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _coerce(value: Any, hint: Any, key: str, origin: str, from_text: bool) -> Any:
-    def bad(expected: str) -> MaebenchError:
-        return MaebenchError(f"{origin} {key}={value!r}: expected {expected}")
-
-    origin_type = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin_type in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        return _coerce(value, inner[0], key, origin, from_text)
-    if origin_type is Literal:
-        text = value if isinstance(value, str) else str(value)
-        if text not in args:
-            raise bad("one of " + ", ".join(map(str, args)))
-        return text
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise bad("true or false")
-    if hint is int:
-        number = _parse_scalar(value) if isinstance(value, str) else value
-        if isinstance(number, bool) or not isinstance(number, int | float) or float(number) != int(number):
-            raise bad("an integer")
-        return int(number)
-    if hint is float:
-        number = _parse_scalar(value) if isinstance(value, str) else value
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            raise bad("a number")
-        return float(number)
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise bad("a string")
-        return str(value)
-    if origin_type is tuple:
-        items = value
-        if isinstance(value, str):
-            items = [_parse_scalar(v) for v in value.strip("()[] ").split(",") if v.strip()]
-        if not isinstance(items, list | tuple) or len(items) != len(args):
-            raise bad(f"{len(args)} comma-separated values, e.g. 0.9,0.98")
-        return tuple(_coerce(v, a, key, origin, from_text=False) for v, a in zip(items, args, strict=True))
-    if origin_type is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return dict(value)
-    raise bad(f"a value of type {hint}")  # pragma: no cover - every field type is handled above
+    if len(parts) == 2:  # the whole mapping
+        parsed = yaml.safe_load(value) if from_text else value
+        if parsed in (None, ""):
+            parsed = {}
+        if not isinstance(parsed, dict):
+            raise MaebenchError(f"{origin} model.overrides={value!r}: expected a mapping, e.g. {{depth: 2}}")
+        if any(":" in str(k) and v is None for k, v in parsed.items()):
+            raise MaebenchError(f"{origin} model.overrides={value!r}: YAML needs a space after each colon, "
+                                "e.g. {dim: 32, depth: 2}")
+        cfg.model.overrides = {str(k): v for k, v in parsed.items()}
+        return
+    if len(parts) != 3 or not parts[2]:
+        raise MaebenchError(f"{origin}: unknown config key {key!r}; use model.overrides.FIELD=value")
+    cfg.model.overrides[parts[2]] = parse_scalar(value) if from_text else value

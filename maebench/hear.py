@@ -20,11 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from maebench.errors import MaebenchError
+from maebench.upstream.frontend import MAE_AST_FBANK, frames_to_samples
 
 __all__ = ["HearModel", "get_scene_embeddings", "get_timestamp_embeddings", "load_model"]
-
-_FRAME_LENGTH = 400  # samples in one 25 ms fbank window
-_FRAME_SHIFT = 160  # samples per 10 ms fbank hop
 
 
 class HearModel(nn.Module):
@@ -58,14 +56,15 @@ class HearModel(nn.Module):
         upstream = self.upstream
         t = torch.arange(num_frames, dtype=torch.float64)
         config = getattr(upstream, "config", None)
+        fbank = getattr(upstream, "frontend", MAE_AST_FBANK)
         if getattr(upstream, "family", "") == "ssast" and config is not None:
             cols = config.feature_grid[1]
             window, col = torch.div(t, cols, rounding_mode="floor"), torch.remainder(t, cols)
-            first = ((config.tshape - 1) * _FRAME_SHIFT + _FRAME_LENGTH) / 2
-            return window * config.window_samples + col * config.tstride * _FRAME_SHIFT + first
+            first = frames_to_samples(config.tshape, fbank) / 2  # centre of a patch column's tshape frames
+            return window * config.window_samples + col * config.tstride * fbank.window_shift + first
         ktime = getattr(upstream, "ktime", None)
         if ktime is not None:  # MAE-AST: token t spans fbank frames [t*k, (t+1)*k)
-            return t * upstream.downsample_rate + ((ktime - 1) * _FRAME_SHIFT + _FRAME_LENGTH) / 2
+            return t * upstream.downsample_rate + frames_to_samples(ktime, fbank) / 2
         return (t + 0.5) * upstream.downsample_rate
 
 

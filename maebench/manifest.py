@@ -2,20 +2,20 @@
 
 Everything here returns a list of `AudioItem`s (a path plus, when the source records it, the length in samples at
 the file's own rate). Nothing here decodes audio; the data loader's workers do that. This module imports no torch
-so `maebench data manifest` stays light.
+so `maebench data manifest` stays light. (No source at all means the built-in corpus: `pretrain_data.list_audio`.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from maebench.atomic import write_text_atomic
 from maebench.errors import MaebenchError
+from maebench.progress import track
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 _HOW_TO_MAKE = "write one with `maebench data manifest DIR -o FILE.tsv`"
@@ -91,7 +91,7 @@ def write_manifest(
         raise MaebenchError(f"no audio files ({', '.join(extensions)}) under {root}; point at a folder that has some")
     entries: list[tuple[str, int]] = []
     skipped: list[Path] = []
-    for file in _progress(files, "reading headers", enabled=progress):
+    for file in track(files, "reading headers", quiet=not progress, unit="files"):
         try:
             num_samples, _ = read_audio_info(file)
         except Exception:  # any unreadable file is skipped and counted, whatever the decoder raised
@@ -109,29 +109,6 @@ def write_manifest(
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_path, format_manifest(root.resolve(), entries))
     return len(entries)
-
-
-def _progress(files: list[Path], description: str, *, enabled: bool) -> Iterator[Path]:
-    """Iterate `files` behind a rich progress bar (count, files/s, ETA) on stderr when enabled."""
-    if not enabled:
-        yield from files
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
-        task = bar.add_task(description, total=len(files), rate="")
-        for file in files:
-            yield file
-            speed = bar.tasks[0].speed
-            bar.update(task, advance=1, rate=f"{speed:,.0f} files/s" if speed else "")
 
 
 # --------------------------------------------------------------------------------------------- JSON lists, folders
@@ -173,19 +150,9 @@ def find_audio(directory: str | Path, *, extensions: Sequence[str] = AUDIO_EXTEN
     return [AudioItem(path) for path in _find_files(Path(directory), extensions)]
 
 
-# ------------------------------------------------------------------------------------------------ the one entry point
-def list_audio(source: str | Path | None, *, quiet: bool = False) -> list[AudioItem]:
-    """The pretraining clips named by `source`: None -> the built-in toy corpus, a .tsv manifest, a .json list or a
-    folder searched recursively."""
-    if source is None:
-        from maebench.toy_corpus import ensure_toy_corpus, toy_manifest
-
-        corpus = ensure_toy_corpus()
-        items = read_manifest(toy_manifest(corpus))
-        if not quiet:
-            minutes = sum(item.num_samples or 0 for item in items) / 16000 / 60
-            print(f"no --data given: using the built-in toy corpus ({len(items)} clips, {minutes:.0f} min) in {corpus}")
-        return items
+# --------------------------------------------------------------------------------------------------- any of the above
+def list_audio(source: str | Path) -> list[AudioItem]:
+    """The pretraining clips named by `source`: a .tsv manifest, a .json list or a folder searched recursively."""
     path = Path(source)
     what = "pass a .tsv manifest, an AST-style .json list or a folder of audio files"
     if not path.exists():

@@ -13,30 +13,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from maebench import manifest
 from maebench.errors import MaebenchError
-from maebench.manifest import AudioItem, list_audio
+from maebench.manifest import AudioItem
+from maebench.upstream.frontend import SAMPLE_RATE
 
 __all__ = [
     "AudioItem",
     "ClipBatch",
     "PretrainClips",
     "ResumableBatchSampler",
-    "SAMPLE_RATE",
     "build_pretrain_loader",
     "collate_clips",
     "list_audio",
 ]
 
-SAMPLE_RATE = 16000
 # Distinct tags keep the order stream and the crop stream independent even when their other seeds coincide.
 _ORDER_STREAM = 0
 _CROP_STREAM = 1
+
+
+def list_audio(source: str | Path | None, *, quiet: bool = False) -> list[AudioItem]:
+    """The pretraining clips named by `source` (see `manifest.list_audio`); None -> the built-in toy corpus."""
+    if source is None:
+        from maebench import toy_corpus  # numpy/scipy synthesis: only when the built-in corpus is used
+
+        return toy_corpus.corpus_items(quiet=quiet)
+    return manifest.list_audio(source)
 
 
 def _read_audio(path) -> Tensor:

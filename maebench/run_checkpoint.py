@@ -1,5 +1,8 @@
 """Training-run checkpoints: `<run>/checkpoints/step_XXXXXXXX/` = the native upstream files + `trainer.pt`.
 
+The layout itself (file and directory names, which step directories count) lives in `maebench.upstream.checkpoint`,
+its one home; this module writes and reads what a resumed run needs.
+
 `trainer.pt` holds everything else a resumed run needs to continue exactly where it stopped (optimizer, scheduler,
 step, data position, every RNG stream, the config hash) as tensors, plain containers, numbers and strings only, so
 it loads with `torch.load(weights_only=True)`: a checkpoint never runs code.
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +25,18 @@ import numpy as np
 import torch
 
 from maebench.errors import MaebenchError
-from maebench.upstream.checkpoint import fsync_path
+from maebench.upstream import checkpoint as layout
+from maebench.upstream.checkpoint import (
+    METRICS_FILE,
+    RUN_CHECKPOINTS,
+    RUN_CONFIG_FILE,
+    STAGING_PREFIX,
+    TRAINER_FILE,
+    fsync_path,
+)
 
-CHECKPOINTS = "checkpoints"
-TRAINER_FILE = "trainer.pt"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
 FORMAT = "maebench-trainer"
 FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
-_STAGING_PREFIX = ".staging-"
 
 
 @dataclass
@@ -46,26 +50,9 @@ class TrainerState:
     num_skipped: int = 0
 
 
-def step_dir_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run (all three files present), oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and all((path / f).is_file() for f in (TRAINER_FILE, "model.safetensors", "config.json")):
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
+    return layout.list_checkpoints(run_dir, resumable=True)
 
 
 # ---------------------------------------------------------------------------------------------------- RNG streams
@@ -123,10 +110,10 @@ def save_checkpoint(
     """
     from maebench.upstream import save_upstream
 
-    root = Path(run_dir) / CHECKPOINTS
+    final = layout.step_dir(run_dir, state.step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(state.step)
-    staging = root / f"{_STAGING_PREFIX}{os.getpid()}"
+    staging = root / f"{STAGING_PREFIX}{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -134,18 +121,10 @@ def save_checkpoint(
         stage = staging / final.name
         save_upstream(model, stage, provenance)
         trainer = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "step": state.step,
-            "epoch": state.epoch,
-            "batch_in_epoch": state.batch_in_epoch,
-            "skipped": list(state.skipped),
-            "num_skipped": state.num_skipped,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng,
-            "config_hash": config_hash,
-            "world_size": world_size,
+            "format": FORMAT, "format_version": FORMAT_VERSION, "step": state.step, "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch, "skipped": list(state.skipped), "num_skipped": state.num_skipped,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+            "config_hash": config_hash, "world_size": world_size,
         }
         _write_durably(stage / TRAINER_FILE, trainer)
         fsync_path(stage)
@@ -187,7 +166,7 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
 
 def prune(run_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints; returns what was deleted."""
-    doomed = list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
+    doomed = resumable_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
     for path in doomed:
         _discard(path)
     return doomed
@@ -196,16 +175,16 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
 def _discard(path: Path) -> None:
     """Delete a checkpoint directory without ever leaving half of one under its step_ name: rename it to a
     staging name first (atomic), then remove it; a kill in between leaves only garbage remove_stale_staging clears."""
-    trash = path.with_name(f"{_STAGING_PREFIX}discard-{os.getpid()}-{path.name}")
+    trash = path.with_name(f"{STAGING_PREFIX}discard-{os.getpid()}-{path.name}")
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_stale_staging(run_dir: Path) -> None:
     """Staging directories left by a killed run (never complete checkpoints) are garbage."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = Path(run_dir) / RUN_CHECKPOINTS
     if root.is_dir():
-        for path in root.glob(f"{_STAGING_PREFIX}*"):
+        for path in root.glob(f"{STAGING_PREFIX}*"):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -232,22 +211,21 @@ def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: 
     if run_dir.exists() and not run_dir.is_dir():
         raise MaebenchError(f"run directory {run_dir} is a file: choose another --run-dir")
     remove_stale_staging(run_dir)
-    checkpoints = list_checkpoints(run_dir)
+    latest = layout.latest_checkpoint(run_dir, resumable=True)
     if overwrite:
         deleted = delete_run_outputs(run_dir)
         what = ", ".join(deleted) if deleted else "nothing to delete"
         return RunDirDecision(None, [f"--overwrite: deleted from {run_dir}: {what}"])
-    if not checkpoints:
+    if latest is None:
         note = [f"--resume: {run_dir} has no checkpoint yet, starting from step 0"] if resume else []
         return RunDirDecision(None, note)
-    latest = checkpoints[-1]
     saved_hash = load_trainer_state(latest).get("config_hash")
     if saved_hash == config_hash:
         return RunDirDecision(latest, [f"resuming from {latest}"])
     if resume:
         return RunDirDecision(latest, [f"resuming from {latest} with a changed config (--resume)"])
     raise MaebenchError(
-        f"run directory {run_dir} holds checkpoints of a different configuration (see its {CONFIG_FILE}): "
+        f"run directory {run_dir} holds checkpoints of a different configuration (see its {RUN_CONFIG_FILE}): "
         "pass --resume to continue it with this config, --overwrite to start over, or choose another --run-dir"
     )
 
@@ -256,18 +234,18 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
     """Delete only what `maebench pretrain` writes in a run dir (checkpoints, metrics, config); list it."""
     run_dir = Path(run_dir)
     deleted = []
-    for path in list_checkpoints(run_dir):
+    for path in resumable_checkpoints(run_dir):
         shutil.rmtree(path)
-        deleted.append(f"{CHECKPOINTS}/{path.name}")
-    root = run_dir / CHECKPOINTS
+        deleted.append(f"{RUN_CHECKPOINTS}/{path.name}")
+    root = run_dir / RUN_CHECKPOINTS
     if root.is_dir():
         for path in root.iterdir():  # incomplete step dirs of ours (a complete one was listed above)
-            if _STEP_DIR.match(path.name) and path.is_dir():
+            if layout.step_of(path) is not None and path.is_dir():
                 shutil.rmtree(path)
-                deleted.append(f"{CHECKPOINTS}/{path.name} (incomplete)")
+                deleted.append(f"{RUN_CHECKPOINTS}/{path.name} (incomplete)")
         if not any(root.iterdir()):
             root.rmdir()
-    for name in (METRICS_FILE, CONFIG_FILE):
+    for name in (METRICS_FILE, RUN_CONFIG_FILE):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)

@@ -1,7 +1,8 @@
 """The pretraining loop, readable top to bottom (nanoGPT style): no framework, every step in plain sight.
 
-setup (process group, run directory, data, model, optimizer, schedule) -> optional resume -> loop over optimizer
-steps (grad accumulation, bf16 autocast on CUDA, clipping) -> metrics, checkpoints, progress -> summary.
+`train` = `Pretrainer.setup` (process group, data, run directory, model, optimizer, schedule, optional resume) ->
+`train_step` per optimizer step (grad accumulation, bf16 autocast on CUDA, clipping) -> `end_window` at each
+logging step (metrics, progress) and `save_checkpoint` at each checkpoint step -> `summary`.
 
 Checks that need the host (non-finite loss, logging, checkpoints) happen only every `log_every` / `ckpt_every`
 steps, so the GPU is not stalled by a sync on every step. A checkpoint is written only after its window's loss and
@@ -31,8 +32,11 @@ from maebench import run_checkpoint as ckpt
 from maebench.atomic import write_text_atomic
 from maebench.config import PretrainConfig, check_required, config_hash, to_yaml, validate
 from maebench.errors import MaebenchError
+from maebench.paths import record_latest_pretrain_run
+from maebench.progress import progress_bar
+from maebench.upstream import checkpoint as layout
+from maebench.upstream.frontend import SAMPLE_RATE, SSAST_FBANK, num_frames
 
-SAMPLE_RATE = 16000
 NEXT_COMMAND = "maebench eval --task ks2"
 MAX_SKIPPED_LISTED = 1000  # bad files remembered by name in trainer.pt (all are counted)
 
@@ -68,7 +72,7 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 
     overrides = dict(cfg.model.overrides)
     if cfg.model.name.startswith("ssast") and "target_frames" not in overrides:
-        frames = 1 + (round(cfg.data.clip_seconds * SAMPLE_RATE) - 400) // 160
+        frames = num_frames(round(cfg.data.clip_seconds * SAMPLE_RATE), SSAST_FBANK)
         overrides["target_frames"] = -(-frames // 16) * 16
     model = upstream.load(f"{cfg.model.name}:{cfg.model.size}", **overrides)
     if not hasattr(model, "pretrain_loss"):
@@ -209,38 +213,81 @@ class SkippedFiles:
 
 
 class Reporter:
-    """Rank 0's outputs while training: rich progress bar on a TTY, plain lines otherwise, nothing when quiet."""
+    """Rank 0's outputs while training: the progress bar on a terminal, plain lines otherwise, nothing when quiet.
 
-    def __init__(self, env: ddp.DistEnv, quiet: bool, total: int, start: int) -> None:
+    The bar counts clips (optimizer steps x train.batch_size), so its rate column is clips/s; the step is a field.
+    """
+
+    def __init__(self, env: ddp.DistEnv, quiet: bool, cfg: PretrainConfig, start_step: int) -> None:
         self.enabled = env.is_main and not quiet
-        self.progress = None
+        self.max_steps, self.clips_per_step = cfg.train.max_steps, cfg.train.batch_size
+        self.bar = None
         if self.enabled and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            bar = progress_bar(unit="clips", fields=("step", "loss"))
+            if not bar.disable:  # stderr is not a terminal: plain lines instead
+                self.bar = bar
+                self.task = bar.add_task("pretrain", total=self.max_steps * self.clips_per_step,
+                                         completed=start_step * self.clips_per_step, step=self._step(start_step),
+                                         loss="-")
 
-            self.progress = Progress(
-                TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} clips/s"),
-                TextColumn("ETA"), TimeRemainingColumn(),
-            )
-            self.task = self.progress.add_task("pretrain", total=total, completed=start, loss="-", rate="-")
-            self.progress.start()
+    def __enter__(self) -> Reporter:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar:
+            self.bar.stop()
+            self.bar = None
+
+    def _step(self, step: int) -> str:
+        return f"{step}/{self.max_steps}"
 
     def advance(self, step: int) -> None:
-        if self.progress:
-            self.progress.update(self.task, completed=step)
+        if self.bar:
+            self.bar.update(self.task, completed=step * self.clips_per_step, step=self._step(step))
 
     def log(self, record: dict[str, Any]) -> None:
-        if self.progress:
-            self.progress.update(self.task, completed=record["step"], loss=f"{record['loss']:.4f}",
-                                 rate=f"{record['clips_per_s']:.1f}")
+        if self.bar:
+            self.bar.update(self.task, loss=f"{record['loss']:.4f}")
         elif self.enabled:
             print(f"step {record['step']:>7d}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
                   f"{record['clips_per_s']:.1f} clips/s", flush=True)
 
-    def close(self) -> None:
-        if self.progress:
-            self.progress.stop()
-            self.progress = None
+
+class Window:
+    """Sums over the optimizer steps since the last host sync, kept on the device (no .item() per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, loss weight, clips, non-finite
+        self.stats: dict[str, torch.Tensor] = {}
+        self.start = time.perf_counter()
+
+    def add_loss(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], weight: float, clips: int) -> None:
+        detached = loss.detach().double()
+        self.sums[0] += detached * weight
+        self.sums[1] += weight
+        self.sums[2] += clips
+        self.sums[3] += (~torch.isfinite(detached)).double()
+        for name, value in stats.items():
+            self.stats[name] = self.stats.get(name, 0.0) + value.detach().double() * weight
+
+    def add_grad_norm(self, grad_norm: torch.Tensor) -> None:
+        self.sums[3] += (~torch.isfinite(grad_norm)).double()
+
+    def reduce(self, env: ddp.DistEnv) -> tuple[list[float], dict[str, float]]:
+        """Collective: the window summed over every rank, as (sums, {stat: sum}) on the host."""
+        sums = ddp.all_reduce_sum(self.sums.clone(), env).tolist()
+        names = sorted(self.stats)
+        if not names:
+            return sums, {}
+        stats = ddp.all_reduce_sum(torch.stack([self.stats[n] for n in names]), env).tolist()
+        return sums, dict(zip(names, stats, strict=True))
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.stats = {}
+        self.start = time.perf_counter()
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -253,190 +300,229 @@ def train(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False,
     env = ddp.setup(cfg.train.device)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, env, resume=resume, overwrite=overwrite, quiet=quiet)
+        run = Pretrainer(cfg, env, quiet=quiet)
+        run.setup(resume=resume, overwrite=overwrite)
+        return run.train()
     finally:
         torch.set_num_threads(threads)
         ddp.teardown(env)
 
 
-def _train(cfg: PretrainConfig, env: ddp.DistEnv, *, resume: bool, overwrite: bool, quiet: bool) -> TrainResult:
-    from maebench.pretrain_data import list_audio
+class Pretrainer:
+    """One process's part of a pretraining run: `setup`, then `train` (which ends with `summary`)."""
 
-    device, t = env.device, cfg.train
-    run_dir = cfg.default_run_dir()
-    identity = config_hash(cfg)
-    per_step = t.batch_size // t.grad_accum
-    if t.batch_size % (env.world_size * t.grad_accum):
-        unit = env.world_size * t.grad_accum
-        raise MaebenchError(f"train.batch_size={t.batch_size} must divide evenly over {env.world_size} process(es) x "
-                            f"{t.grad_accum} accumulation step(s): choose a multiple of {unit}")
-    micro_batch = per_step // env.world_size
-    autocast_dtype = resolve_precision(cfg, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_num_threads(cpu_threads())
+    def __init__(self, cfg: PretrainConfig, env: ddp.DistEnv, *, quiet: bool = False) -> None:
+        t = cfg.train
+        if t.batch_size % (env.world_size * t.grad_accum):
+            unit = env.world_size * t.grad_accum
+            raise MaebenchError(f"train.batch_size={t.batch_size} must divide evenly over {env.world_size} "
+                                f"process(es) x {t.grad_accum} accumulation step(s): choose a multiple of {unit}")
+        self.cfg, self.env, self.quiet, self.device = cfg, env, quiet, env.device
+        self.run_dir = cfg.default_run_dir()
+        self.identity = config_hash(cfg)
+        self.micro_batch = t.batch_size // t.grad_accum // env.world_size
+        self.autocast_dtype = resolve_precision(cfg, env.device)
+        self.losses: list[tuple[int, float]] = []  # (step, mean loss of its logging window)
+        self.last_loss, self.clips_total = float("nan"), 0
 
-    # ---- data first (bad paths fail before anything is written); rank 0 may build the toy corpus for everyone
-    items = _main_first(env, lambda: list_audio(cfg.data.source, quiet=quiet))
-    if not env.is_main:
-        items = list_audio(cfg.data.source, quiet=True)
+    # ---- setup
 
-    # ---- run directory: resume, refuse or overwrite (rank 0 decides and may delete; the others follow)
-    decision = _main_first(env, lambda: ckpt.decide_run_dir(run_dir, identity, resume=resume, overwrite=overwrite))
-    decision = ddp.broadcast_from_main(decision, env)
-    if env.is_main:
-        for message in decision.messages:
-            print(message, flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / ckpt.CONFIG_FILE, to_yaml(cfg))
-
-    # ---- model, optimizer, schedule
-    seed_everything(t.seed)  # identical initial weights on every rank
-    model = build_model(cfg).to(device)
-    model.train()
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    state = ckpt.TrainerState()
-    seed_everything(t.seed + 1_000_003 * env.rank)  # rank-specific masking and dropout streams
-
-    # ---- resume: weights, optimizer, schedule, data position and every RNG stream
-    if decision.resume_from is not None:
-        saved = ckpt.load_trainer_state(decision.resume_from)
-        ckpt.load_model_weights(model, decision.resume_from)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _apply_optim_config(optimizer, scheduler, cfg, saved["step"])  # --resume with new settings uses them
-        state = ckpt.TrainerState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved["skipped"]),
-                                  saved["num_skipped"])
-        rng = saved["rng"]
-        if len(rng) == env.world_size:
-            ckpt.restore_rng(rng[env.rank], device)
+    def setup(self, *, resume: bool, overwrite: bool) -> None:
+        """Data first (bad paths fail before anything is written), then the run directory, model, optimizer,
+        schedule and, when resuming, every piece of saved state."""
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         else:
-            seed_everything(t.seed + 1_000_003 * env.rank + state.step)
-            if env.is_main:
-                print(f"note: checkpoint written by {len(rng)} process(es), now {env.world_size}: data order is kept, "
-                      "random streams are reseeded", flush=True)
-    start_step = state.step
-    if env.is_main:
-        _truncate_metrics(run_dir / ckpt.METRICS_FILE, start_step)
+            torch.set_num_threads(cpu_threads())
+        items = self._list_data()
+        resume_from = self._decide_run_dir(resume=resume, overwrite=overwrite)
+        self._build()
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.start_step, self.last_checkpoint = self.state.step, resume_from
+        if self.env.is_main:
+            _truncate_metrics(self.run_dir / layout.METRICS_FILE, self.start_step)
+        step_module: nn.Module = ddp.PretrainStep(self.model)
+        if self.cfg.train.compile:
+            step_module = torch.compile(step_module)
+        self.step_module = ddp.wrap_ddp(step_module, self.env)
+        self.batches = BatchStream(items, self.cfg, self.micro_batch, self.env, self.state)
+        self.skipped = SkippedFiles(self.state)
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.window = Window(self.device)
 
-    step_module: nn.Module = ddp.PretrainStep(model)
-    if t.compile:
-        step_module = torch.compile(step_module)
-    step_module = ddp.wrap_ddp(step_module, env)
-    batches = BatchStream(items, cfg, micro_batch, env, state)
-    skipped = SkippedFiles(state)
-    reporter = Reporter(env, quiet, t.max_steps, start_step)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    def _list_data(self) -> list:
+        """The training clips; rank 0 lists them first (and may build the toy corpus for everyone)."""
+        from maebench.pretrain_data import list_audio
+
+        source = self.cfg.data.source
+        items = _main_first(self.env, lambda: list_audio(source, quiet=self.quiet))
+        return items if self.env.is_main else list_audio(source, quiet=True)
+
+    def _decide_run_dir(self, *, resume: bool, overwrite: bool) -> Path | None:
+        """Resume, refuse or overwrite (rank 0 decides and may delete; the others follow); the checkpoint to
+        resume from, if any."""
+        decision = _main_first(self.env, lambda: ckpt.decide_run_dir(self.run_dir, self.identity, resume=resume,
+                                                                      overwrite=overwrite))
+        decision = ddp.broadcast_from_main(decision, self.env)
+        if self.env.is_main:
+            for message in decision.messages:
+                print(message, flush=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / layout.RUN_CONFIG_FILE, to_yaml(self.cfg))
+        return decision.resume_from
+
+    def _build(self) -> None:
+        """Model, optimizer and schedule: identical initial weights on every rank, then rank-specific masking and
+        dropout streams."""
+        seed = self.cfg.train.seed
+        seed_everything(seed)
+        self.model = build_model(self.cfg).to(self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg)
+        self.state = ckpt.TrainerState()
+        seed_everything(seed + 1_000_003 * self.env.rank)
+
+    def _resume(self, checkpoint: Path) -> None:
+        """Weights, optimizer, schedule, data position and every RNG stream of `checkpoint`."""
+        saved = ckpt.load_trainer_state(checkpoint)
+        ckpt.load_model_weights(self.model, checkpoint)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        _apply_optim_config(self.optimizer, self.scheduler, self.cfg, saved["step"])  # --resume with new settings
+        self.state = ckpt.TrainerState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved["skipped"]),
+                                       saved["num_skipped"])
+        rng, env = saved["rng"], self.env
+        if len(rng) == env.world_size:
+            ckpt.restore_rng(rng[env.rank], self.device)
+            return
+        seed_everything(self.cfg.train.seed + 1_000_003 * env.rank + self.state.step)
+        if env.is_main:
+            print(f"note: checkpoint written by {len(rng)} process(es), now {env.world_size}: data order is kept, "
+                  "random streams are reseeded", flush=True)
 
     # ---- the loop
-    def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
-    window = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, loss count, clips, non-finite flag
-    window_stats: dict[str, torch.Tensor] = {}
-    window_start, run_start = time.perf_counter(), time.perf_counter()
-    clips_total = 0
-    losses: list[tuple[int, float]] = []
-    last_loss, last_checkpoint = float("nan"), decision.resume_from
-    grad_norm = torch.zeros((), device=device)
-    try:
-        while state.step < t.max_steps:
-            for micro in range(t.grad_accum):
-                batch = batches.next()
-                skipped.add(batch.skipped)
-                wavs, lens, weight = batch.wavs, batch.lens, 1.0
-                if wavs.shape[0] == 0:  # every clip bad: run a zero-weight dummy so DDP ranks stay in step
-                    wavs = torch.zeros(1, round(cfg.data.clip_seconds * SAMPLE_RATE))
-                    lens, weight = torch.tensor([wavs.shape[1]]), 0.0
-                wavs = wavs.to(device, non_blocking=True)
-                lens = lens.to(device, non_blocking=True)
-                last_micro = micro == t.grad_accum - 1
-                no_sync = step_module.no_sync() if env.is_distributed and not last_micro else contextlib.nullcontext()
-                with no_sync:
-                    with autocast():
-                        loss, stats = step_module(wavs, lens)
-                    (loss * (weight / t.grad_accum)).backward()
-                detached = loss.detach().double()
-                window[0] += detached * weight
-                window[1] += weight
-                window[2] += batch.wavs.shape[0]
-                window[3] += (~torch.isfinite(detached)).double()
-                for name, value in stats.items():
-                    window_stats[name] = window_stats.get(name, 0.0) + value.detach().double() * weight
-            # clip_grad_norm_ also measures the norm; max_norm=inf measures without clipping
-            max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            window[3] += (~torch.isfinite(grad_norm)).double()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            reporter.advance(state.step)
+    def train(self) -> TrainResult:
+        """Optimizer steps up to train.max_steps; the host syncs only at the end of a logging window."""
+        t = self.cfg.train
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with Reporter(self.env, self.quiet, self.cfg, self.start_step) as reporter:
+            self.run_start = self.window.start = time.perf_counter()
+            while self.state.step < t.max_steps:
+                self.train_step()
+                reporter.advance(self.state.step)
+                save_now = self.state.step % t.ckpt_every == 0 or self.state.step == t.max_steps
+                if save_now or self.state.step % t.log_every == 0:
+                    reporter.log(self.end_window())
+                    if save_now:
+                        self.save_checkpoint()
+        return self.summary()
 
-            log_now = state.step % t.log_every == 0
-            save_now = state.step % t.ckpt_every == 0 or state.step == t.max_steps
-            if not (log_now or save_now):
-                continue
-            # ---- host sync point: check the window, log it, maybe checkpoint
-            totals = ddp.all_reduce_sum(window.clone(), env)
-            stat_names = sorted(window_stats)
-            stat_totals = ddp.all_reduce_sum(torch.stack([window_stats[n] for n in stat_names]), env) \
-                if stat_names else None
-            if totals[3].item() > 0:
-                good = f"{last_checkpoint}" if last_checkpoint else "none was written yet"
-                raise MaebenchError(
-                    f"loss or gradients became NaN/inf before step {state.step}; stopped without saving. "
-                    f"Last good checkpoint: {good}. Lower optim.lr (or check the data) and rerun with --resume"
-                )
-            elapsed = time.perf_counter() - window_start
-            clips = int(totals[2].item())
-            clips_total += clips
-            last_loss = totals[0].item() / max(totals[1].item(), 1e-12)
-            record = {
-                "step": state.step, "epoch": state.epoch, "loss": last_loss,
-                **({n: stat_totals[i].item() / max(totals[1].item(), 1e-12) for i, n in enumerate(stat_names)}
-                   if stat_totals is not None else {}),
-                "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "clips": clips,
-                "clips_per_s": clips / max(elapsed, 1e-9), "elapsed_s": time.perf_counter() - run_start,
-            }
-            losses.append((state.step, last_loss))
-            if env.is_main:
-                with open(run_dir / ckpt.METRICS_FILE, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            reporter.log(record)
-            window.zero_()
-            window_stats = {}
-            window_start = time.perf_counter()
+    def train_step(self) -> None:
+        """One optimizer step: grad_accum micro-batches forward and backward, clipping, the update, the schedule."""
+        accum = self.cfg.train.grad_accum
+        for micro in range(accum):
+            self._micro_step(last=micro == accum - 1)
+        # clip_grad_norm_ also measures the norm; max_norm=inf measures without clipping
+        max_norm = self.cfg.optim.clip_grad_norm if self.cfg.optim.clip_grad_norm > 0 else float("inf")
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.window.add_grad_norm(self.grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
 
-            if save_now:
-                skipped.gather(env)
-                last_checkpoint = _save(run_dir, cfg, env, model, optimizer, scheduler, state, identity)
-    finally:
-        reporter.close()
+    def _micro_step(self, *, last: bool) -> None:
+        """Forward and backward of one micro-batch; DDP all-reduces the gradients on the last one only."""
+        batch = self.batches.next()
+        self.skipped.add(batch.skipped)
+        wavs, lens, weight = batch.wavs, batch.lens, 1.0
+        if wavs.shape[0] == 0:  # every clip bad: run a zero-weight dummy so DDP ranks stay in step
+            wavs = torch.zeros(1, round(self.cfg.data.clip_seconds * SAMPLE_RATE))
+            lens, weight = torch.tensor([wavs.shape[1]]), 0.0
+        wavs = wavs.to(self.device, non_blocking=True)
+        lens = lens.to(self.device, non_blocking=True)
+        no_sync = self.step_module.no_sync() if self.env.is_distributed and not last else contextlib.nullcontext()
+        with no_sync:
+            with self._autocast():
+                loss, stats = self.step_module(wavs, lens)
+            (loss * (weight / self.cfg.train.grad_accum)).backward()
+        self.window.add_loss(loss, stats, weight, clips=batch.wavs.shape[0])
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def end_window(self) -> dict[str, Any]:
+        """Host sync point: check the window finite, append its metrics record (rank 0 writes), start a new one."""
+        sums, stats = self.window.reduce(self.env)
+        if sums[3] > 0:
+            good = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
+            raise MaebenchError(
+                f"loss or gradients became NaN/inf before step {self.state.step}; stopped without saving. "
+                f"Last good checkpoint: {good}. Lower optim.lr (or check the data) and rerun with --resume"
+            )
+        elapsed = time.perf_counter() - self.window.start
+        clips, weight = int(sums[2]), max(sums[1], 1e-12)
+        self.clips_total += clips
+        self.last_loss = sums[0] / weight
+        record = {
+            "step": self.state.step, "epoch": self.state.epoch, "loss": self.last_loss,
+            **{name: value / weight for name, value in stats.items()},
+            "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(self.grad_norm), "clips": clips,
+            "clips_per_s": clips / max(elapsed, 1e-9), "elapsed_s": time.perf_counter() - self.run_start,
+        }
+        self.losses.append((self.state.step, self.last_loss))
+        if self.env.is_main:
+            with open(self.run_dir / layout.METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self.window.reset()
+        return record
+
+    def save_checkpoint(self) -> None:
+        """Gather every rank's bad files and RNG streams, then rank 0 writes; all ranks wait for it."""
+        self.skipped.gather(self.env)
+        rngs = ddp.all_gather_objects(ckpt.capture_rng(self.device), self.env)
+        path = layout.step_dir(self.run_dir, self.state.step)
+        if self.env.is_main:
+            cfg = self.cfg
+            provenance = {"trained_by": "maebench pretrain", "step": self.state.step, "config_hash": self.identity,
+                          "model": f"{cfg.model.name}:{cfg.model.size}"}
+            path = ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, state=self.state, rng=rngs,
+                                        config_hash=self.identity, world_size=self.env.world_size,
+                                        provenance=provenance, keep_last=cfg.train.keep_last)
+        ddp.barrier(self.env)
+        self.last_checkpoint = path
 
     # ---- summary
-    skipped.gather(env)
-    wall = time.perf_counter() - run_start
-    if state.step == start_step and env.is_main:
-        print(f"nothing to do: {run_dir} is already at step {state.step} (train.max_steps={t.max_steps})")
-    peak = _peak_memory(device)
-    if env.is_distributed:
-        peak = int(ddp.all_reduce_sum(torch.tensor([peak], dtype=torch.float64, device=device), env).item())
-    result = TrainResult(
-        run_dir=run_dir, checkpoint=last_checkpoint, start_step=start_step, steps=state.step, wall_s=wall,
-        clips_per_s=clips_total / max(wall, 1e-9), peak_memory_bytes=peak, last_loss=last_loss,
-        num_skipped=state.num_skipped, skipped=list(state.skipped), losses=losses,
-    )
-    if env.is_main:
-        _print_summary(result, env, device)
-        from maebench.paths import record_latest_pretrain_run
 
-        record_latest_pretrain_run(run_dir)
-    return result
+    def summary(self) -> TrainResult:
+        """Gather the last bad-file notes and peak memory; rank 0 prints the summary and records the latest run."""
+        self.skipped.gather(self.env)
+        wall = time.perf_counter() - self.run_start
+        if self.state.step == self.start_step and self.env.is_main:
+            print(f"nothing to do: {self.run_dir} is already at step {self.state.step} "
+                  f"(train.max_steps={self.cfg.train.max_steps})")
+        peak = _peak_memory(self.device)
+        if self.env.is_distributed:
+            total = torch.tensor([peak], dtype=torch.float64, device=self.device)
+            peak = int(ddp.all_reduce_sum(total, self.env).item())
+        result = TrainResult(
+            run_dir=self.run_dir, checkpoint=self.last_checkpoint, start_step=self.start_step, steps=self.state.step,
+            wall_s=wall, clips_per_s=self.clips_total / max(wall, 1e-9), peak_memory_bytes=peak,
+            last_loss=self.last_loss, num_skipped=self.state.num_skipped, skipped=list(self.state.skipped),
+            losses=self.losses,
+        )
+        if self.env.is_main:
+            _print_summary(result, self.env, self.device)
+            record_latest_pretrain_run(self.run_dir)
+        return result
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -454,21 +540,6 @@ def _main_first(env: ddp.DistEnv, work):
     if error:
         raise MaebenchError(error)
     return result
-
-
-def _save(run_dir: Path, cfg: PretrainConfig, env: ddp.DistEnv, model: nn.Module, optimizer, scheduler,
-          state: ckpt.TrainerState, identity: str) -> Path:
-    """Gather every rank's RNG streams, then rank 0 writes; all ranks wait for it."""
-    rngs = ddp.all_gather_objects(ckpt.capture_rng(env.device), env)
-    path = run_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(state.step)
-    if env.is_main:
-        provenance = {"trained_by": "maebench pretrain", "step": state.step, "config_hash": identity,
-                      "model": f"{cfg.model.name}:{cfg.model.size}"}
-        path = ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                                    rng=rngs, config_hash=identity, world_size=env.world_size,
-                                    provenance=provenance, keep_last=cfg.train.keep_last)
-    ddp.barrier(env)
-    return path
 
 
 def _peak_memory(device: torch.device) -> int:

@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, torchaudio; print('torch', torch.__version__, 'torchaudio', torchaudio.__version__)"
 
 step() { echo; echo "=== $*"; }
-step "CUDA tests (fbank under TF32/autocast)"; python3 -m pytest -q -p no:cacheprovider tests/test_audio.py -k cuda
+step "CUDA tests (fbank under TF32/autocast)"; python3 -m pytest -q -p no:cacheprovider tests/test_frontend.py -k cuda
 step "fbank: batched on GPU vs per-utterance torchaudio"; python3 -m maebench bench fbank --device cuda --batch 128
 step "pretraining step benchmark, ViT-B, 1024 frames, batch 128, bf16"; python3 -m maebench bench pretrain
 step "the same with torch.compile"; python3 -m maebench bench pretrain --compile

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import one_line_error
 from safetensors.torch import load_file, save_file
 
 import maebench.upstream as upstream
@@ -14,7 +15,7 @@ from maebench.errors import MaebenchError
 from maebench.upstream import checkpoint, registry
 from maebench.upstream.mae_ast import MaeAst
 
-SMALL = {"dim": 32, "num_heads": 2, "ffn_dim": 64, "encoder_layers": 2, "decoder_layers": 1}
+SMALL = {"dim": 32, "num_heads": 2, "ffn_dim": 64, "depth": 2, "decoder_depth": 1}
 
 
 def small(name: str = "mae_ast_patch:tiny", **overrides) -> MaeAst:
@@ -36,12 +37,6 @@ def features(model) -> list[torch.Tensor]:
         return model(*clip()).hidden_states
 
 
-def one_line_error(excinfo, *needles: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 # ---- round trips -----------------------------------------------------------------------------------------------
@@ -173,9 +168,9 @@ def test_preset_parsing():
         "ssast",
         {"dim": 192, "num_heads": 3, "ffn_dim": 768, "tokenizer": "patch"},
     )
-    model = upstream.load("mae_ast_frame:tiny", encoder_layers=2)
-    assert not model.training and registry.preset("mae_ast_frame:tiny", encoder_layers=2).training
-    assert model.config.dim == 192 and model.config.encoder_layers == 2 and model.config.decoder_layers == 2
+    model = upstream.load("mae_ast_frame:tiny", depth=2)
+    assert not model.training and registry.preset("mae_ast_frame:tiny", depth=2).training
+    assert model.config.dim == 192 and model.config.depth == 2 and model.config.decoder_depth == 2
 
 
 @pytest.mark.parametrize(
@@ -194,8 +189,8 @@ def test_bad_specs(spec, needle):
 
 def test_bad_config_fields_and_families():
     with pytest.raises(MaebenchError) as excinfo:
-        upstream.load("mae_ast_patch:tiny", depth=3)
-    one_line_error(excinfo, "depth")
+        upstream.load("mae_ast_patch:tiny", layers=3)
+    one_line_error(excinfo, "layers")
     with pytest.raises(MaebenchError) as excinfo:
         registry.build("wav2vec2", {})
     one_line_error(excinfo, "wav2vec2", "mae_ast")
@@ -342,3 +337,79 @@ def test_ssast_presets_build_through_the_registry(tmp_path):
     assert model.family == "ssast" and model.to_config()["dim"] == 192 and model.to_config()["tokenizer"] == "frame"
     loaded = upstream.load(upstream.save_upstream(model, tmp_path / "ssast"))
     assert registry.fingerprint(loaded) == registry.fingerprint(model)
+
+
+# ---- one vocabulary across the families; 0.1.0 names still read ----------------------------------------------
+# The "config" object of config.json exactly as maebench 0.1.0 wrote it (its field names and values) for
+# `preset("mae_ast_patch:tiny", encoder_layers=2, decoder_layers=1)` and `preset("ssast_patch:tiny", depth=2,
+# target_frames=128)`.
+CONFIG_0_1_0 = {
+    "mae_ast_patch:tiny": {
+        "tokenizer": "patch", "dim": 192, "num_heads": 3, "ffn_dim": 768, "encoder_layers": 2, "decoder_layers": 1,
+        "dropout": 0.1, "attn_dropout": 0.1, "activation_dropout": 0.0, "layerdrop": 0.05, "mask_ratio": 0.75,
+        "mask_type": "chunk", "shared_mask": False, "chunk_min_side": 3, "chunk_max_side": 5, "recon_weight": 10.0,
+        "nce_weight": 1.0,
+    },
+    "ssast_patch:tiny": {
+        "tokenizer": "patch", "dim": 192, "num_heads": 3, "ffn_dim": 768, "depth": 2, "fshape": 16, "tshape": 16,
+        "target_frames": 128, "num_masked": 50, "mask_type": "cluster", "mask_min_side": 3, "mask_max_side": 5,
+        "pretrain_mode": "two_pass", "norm_mean": -4.2677393, "norm_std": 4.5689974, "fstride": 10, "tstride": 10,
+        "window_secs": 1.0,
+    },
+}
+NEW_ARGS = {"mae_ast_patch:tiny": {"depth": 2, "decoder_depth": 1},
+            "ssast_patch:tiny": {"depth": 2, "target_frames": 128}}
+OLD_NAMES = {"encoder_layers", "decoder_layers", "chunk_min_side", "chunk_max_side"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_0_1_0))
+def test_a_0_1_0_config_json_loads_to_the_same_model(tmp_path, name):
+    torch.manual_seed(0)
+    model = registry.preset(name, **NEW_ARGS[name]).eval()
+    assert not OLD_NAMES & set(model.to_config()) and model.to_config()["mask_type"] == "chunk"
+    directory = upstream.save_upstream(model, tmp_path / "ckpt")
+    meta = json.loads((directory / "config.json").read_text())
+    _edit_config(directory, config=CONFIG_0_1_0[name], provenance={**meta["provenance"], "maebench_version": "0.1.0"})
+    loaded = upstream.load(directory)
+    assert loaded.to_config() == model.to_config()
+    assert registry.fingerprint(loaded) == registry.fingerprint(model)
+    for a, b in zip(features(loaded), features(model), strict=True):
+        assert torch.equal(a, b)
+    # overrides on top of the old file, in the new names and in the old ones
+    assert upstream.load(directory, mask_max_side=4).config.mask_max_side == 4
+    assert upstream.load(directory, mask_type="random").config.mask_type == "random"
+    if name.startswith("mae_ast"):
+        assert upstream.load(directory, chunk_max_side=4).config.mask_max_side == 4
+
+
+@pytest.mark.parametrize("name", ["mae_ast_patch:tiny", "ssast_patch:tiny"])
+def test_one_override_name_means_the_same_for_both_families(name):
+    shared = {"depth": 3, "dim": 64, "num_heads": 4, "ffn_dim": 96, "mask_type": "random", "mask_min_side": 2,
+              "mask_max_side": 4}
+    model = registry.preset(name, **shared)
+    assert {key: model.to_config()[key] for key in shared} == shared
+    assert model.num_layers == 3 and len(features(model.eval())) == 3
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 96]
+    encoder_blocks = 3 + (model.config.decoder_depth if name.startswith("mae_ast") else 0)
+    assert len(linears) == encoder_blocks  # one MLP of width ffn_dim per block
+    chunked = registry.preset(name, mask_type="chunk", mask_min_side=2, mask_max_side=2)
+    assert chunked.config.mask_type == "chunk" and chunked.config.mask_max_side == 2
+
+
+def test_old_override_names_are_mapped_in_one_place():
+    from maebench.upstream.vocabulary import LEGACY_NAMES
+
+    assert set(LEGACY_NAMES["mae_ast"]) == OLD_NAMES
+    old = registry.preset("mae_ast_patch:tiny", encoder_layers=3, decoder_layers=1, chunk_min_side=2, chunk_max_side=4)
+    new = registry.preset("mae_ast_patch:tiny", depth=3, decoder_depth=1, mask_min_side=2, mask_max_side=4)
+    assert old.to_config() == new.to_config()
+    assert registry.preset("ssast_patch:tiny", mask_type="cluster", depth=1).config.mask_type == "chunk"
+    assert registry.preset("mae_ast_frame:tiny", mask_type="auto").config.mask_type == "random"
+    same = registry.preset("mae_ast_patch:tiny", depth=3, encoder_layers=3)  # both names agreeing is fine
+    assert same.config.depth == 3
+    with pytest.raises(MaebenchError) as excinfo:
+        registry.preset("mae_ast_patch:tiny", depth=2, encoder_layers=3)
+    one_line_error(excinfo, "encoder_layers", "depth")
+    with pytest.raises(MaebenchError) as excinfo:
+        upstream.load("ssast_patch:tiny", encoder_layers=3)  # SSAST never had that name
+    one_line_error(excinfo, "encoder_layers")

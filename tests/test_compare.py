@@ -77,12 +77,13 @@ def test_markdown_and_csv_contents(results_dir):
     assert {r["reference"] for r in paper} == {"ssast_frame", "mae_ast_patch"}
 
 
-def test_reference_from_checkpoint_config_and_override(tmp_path):
+@pytest.mark.parametrize("depth_name", ["depth", "encoder_layers"])  # encoder_layers: a 0.1.0 config.json
+def test_reference_from_checkpoint_config_and_override(tmp_path, depth_name):
     run = tmp_path / "my_run"
     ckpt = run / "checkpoints" / "step_00000100"
     ckpt.mkdir(parents=True)
     (ckpt / "config.json").write_text(json.dumps({"family": "mae_ast", "config": {"tokenizer": "frame",
-                                                                                   "encoder_layers": 6}}))
+                                                                                   depth_name: 6}}))
     write_result(tmp_path / "r", "x", "er", 55.0, upstream=str(run), path=str(ckpt))
     results = find_results([tmp_path / "r"])
     assert build_comparison(results).rows[0].reference is PAPER["mae_ast_frame_6"]

@@ -59,7 +59,7 @@ def test_paper_recipes_need_data_and_carry_paper_settings(name):
 def test_overrides_are_typed():
     cfg = apply_overrides(PretrainConfig(), [
         "optim.lr=3e-4", "optim.betas=0.9,0.95", "train.max_steps=1e3", "train.compile=true",
-        "data.source=null", "data.clip_seconds=2", "model.overrides.encoder_layers=6",
+        "data.source=null", "data.clip_seconds=2", "model.overrides.depth=6",
         "model.overrides.dropout=0.0", "model.overrides.mask_type=random", "optim.schedule=cosine",
     ])
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
@@ -67,7 +67,7 @@ def test_overrides_are_typed():
     assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
     assert cfg.train.compile is True and cfg.data.source is None
     assert cfg.data.clip_seconds == 2.0 and isinstance(cfg.data.clip_seconds, float)
-    assert cfg.model.overrides == {"encoder_layers": 6, "dropout": 0.0, "mask_type": "random"}
+    assert cfg.model.overrides == {"depth": 6, "dropout": 0.0, "mask_type": "random"}
     assert PretrainConfig().model.overrides == {}  # the default was copied, not mutated
     whole = apply_overrides(cfg, ["model.overrides={depth: 2, pretrain_mode: one_pass}"])
     assert whole.model.overrides == {"depth": 2, "pretrain_mode": "one_pass"}

@@ -9,31 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from helpers import write_tone_clips
 
 from maebench import run_checkpoint as ckpt
 from maebench import trainer
 from maebench.config import PretrainConfig, apply_overrides
+from maebench.upstream.checkpoint import latest_checkpoint
 
 SETTINGS = [
     "data.clip_seconds=0.5", "data.num_workers=0", "train.batch_size=8", "train.log_every=2", "train.ckpt_every=6",
     "train.keep_last=5", "train.device=cpu", "optim.lr=2e-3", "optim.warmup_steps=2",
-    "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, encoder_layers: 2, decoder_layers: 1}",
+    "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}",
 ]
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("ddp_clips")
-    rng = np.random.default_rng(1)
-    t = np.arange(12000) / 16000
-    for i in range(32):
-        wav = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(t.size)
-        sf.write(directory / f"clip_{i:03d}.wav", wav.astype(np.float32), 16000)
-    return directory
+    return write_tone_clips(tmp_path_factory.mktemp("ddp_clips"), count=32, seed=1)
 
 
 def torchrun(run_dir: Path, data: Path, *extra: str, timeout: float = 150) -> subprocess.CompletedProcess:
@@ -79,7 +73,7 @@ def test_ddp_two_processes_train_checkpoint_and_resume(clips, tmp_path, monkeypa
     assert more.returncode == 0, more.stdout + more.stderr
     assert "resuming from" in more.stdout and "done: step 16 (4 this run" in more.stdout
     assert sorted(losses(run)) == [2, 4, 6, 8, 10, 12, 14, 16]
-    assert ckpt.latest_checkpoint(run).name == "step_00000016"
+    assert latest_checkpoint(run, resumable=True).name == "step_00000016"
 
 
 def test_ddp_user_error_stops_every_rank(tmp_path):

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import save_in_run
 from test_probes import SpectrumUpstream
 
 from maebench.cli import main
+from maebench.downstream.datasets import build_toy
 from maebench.downstream.evaluate import evaluate
-from maebench.downstream.tasks import build_toy
 from maebench.paths import record_latest_pretrain_run
-from maebench.upstream.registry import preset, save_upstream
+from maebench.upstream.registry import preset
 
 RESULT_FIELDS = {"maebench_results", "task", "metric", "score", "std", "runs", "upstream", "probe", "layers", "data",
                  "timings", "versions", "created"}
@@ -60,7 +61,7 @@ def test_eval_without_upstream_or_pretrain_run_is_a_one_line_error(capsys):
 
 def test_eval_uses_latest_pretrain_run_and_finetunes_it(toy_ks2, tmp_path):
     run_dir = tmp_path / "pretrain_run"
-    save_upstream(preset("mae_ast_patch:tiny", encoder_layers=2), run_dir / "checkpoints" / "step_00000010")
+    save_in_run(preset("mae_ast_patch:tiny", depth=2), run_dir, step=10)
     record_latest_pretrain_run(run_dir)
     out = tmp_path / "runs"
     assert main(["eval", "--task", "ks2", "--data", str(toy_ks2), "--probe", "finetune", "--set", "epochs=1",

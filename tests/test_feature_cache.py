@@ -12,8 +12,10 @@ import soundfile as sf
 import torch
 from test_probes import SpectrumUpstream, make_task
 
-from maebench.downstream.feature_cache import cached_features, length_batches, masked_mean
-from maebench.downstream.probes import SuperbHead, linear_probe, logreg_probe
+from maebench.downstream.batching import length_batches, masked_mean
+from maebench.downstream.feature_cache import cached_features
+from maebench.downstream.heads import SuperbHead
+from maebench.downstream.probes import linear_probe, logreg_probe
 from maebench.paths import cache_dir
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_in_run
 
 import maebench.hear as hear
 from maebench.errors import MaebenchError
@@ -17,7 +18,7 @@ from maebench.paths import record_latest_pretrain_run
 from maebench.upstream import load, save_upstream
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"mae_ast_patch:tiny": {"encoder_layers": 2}, "mae_ast_frame:tiny": {"encoder_layers": 2},
+SMALL = {"mae_ast_patch:tiny": {"depth": 2}, "mae_ast_frame:tiny": {"depth": 2},
          "ssast_patch:tiny": {"depth": 2}, "ssast_frame:tiny": {"depth": 2}}
 
 
@@ -85,11 +86,11 @@ def test_validator_reimplementation_catches_uneven_timestamps(monkeypatch):
 
 def test_timestamps_are_frame_centres():
     # MAE-AST patch: token k covers fbank frames 16k..16k+15, i.e. samples 2560k .. 2560k + 15*160 + 400
-    model = hear.load_model("mae_ast_patch:tiny", encoder_layers=1)
+    model = hear.load_model("mae_ast_patch:tiny", depth=1)
     _, ts = hear.get_timestamp_embeddings(torch.zeros(1, 16000), model)
     assert torch.allclose(ts[0], 87.5 + 160.0 * torch.arange(6))
     # MAE-AST frame: 2 frames per token -> centre at (160 + 400) / 2 samples = 17.5 ms, every 20 ms
-    model = hear.load_model("mae_ast_frame:tiny", encoder_layers=1)
+    model = hear.load_model("mae_ast_frame:tiny", depth=1)
     _, ts = hear.get_timestamp_embeddings(torch.zeros(1, 16000), model)
     assert torch.allclose(ts[0], 17.5 + 20.0 * torch.arange(49))
 
@@ -108,7 +109,7 @@ def test_windowed_ssast_frames_are_interpolated_onto_an_even_grid():
 
 
 def test_scene_embedding_is_the_mean_of_the_chosen_layer():
-    model = hear.load_model("mae_ast_frame:tiny", encoder_layers=3, layer=1, batch_size=1)
+    model = hear.load_model("mae_ast_frame:tiny", depth=3, layer=1, batch_size=1)
     audio = torch.randn(3, 8000) * 0.1
     scene = hear.get_scene_embeddings(audio, model)
     with torch.no_grad():
@@ -117,15 +118,15 @@ def test_scene_embedding_is_the_mean_of_the_chosen_layer():
     emb, _ = hear.get_timestamp_embeddings(audio, model)
     assert torch.allclose(emb, feats.hidden_states[1], atol=1e-5)
     with pytest.raises(MaebenchError, match="layer=7"):
-        hear.load_model("mae_ast_frame:tiny", encoder_layers=3, layer=7)
+        hear.load_model("mae_ast_frame:tiny", depth=3, layer=7)
 
 
 def test_load_model_defaults_to_the_latest_pretrain_run(tmp_path):
     with pytest.raises(MaebenchError, match="needs a checkpoint"):
         hear.load_model()
-    source = load("mae_ast_frame:tiny", encoder_layers=1)
+    source = load("mae_ast_frame:tiny", depth=1)
     run = tmp_path / "run"
-    save_upstream(source, run / "checkpoints" / "step_00000010")
+    save_in_run(source, run, step=10)
     record_latest_pretrain_run(run)
     model = hear.load_model()
     assert torch.equal(model.upstream.state_dict()["patch_embed.weight"], source.state_dict()["patch_embed.weight"])
@@ -143,7 +144,7 @@ def test_torch_hub_entry_points(tmp_path):
     assert {"mae_ast_patch", "mae_ast_frame", "ssast_patch", "ssast_frame", "maebench_local"} <= entries
     model = torch.hub.load(str(REPO), "ssast_frame", source="local", size="tiny", depth=1)
     assert model.family == "ssast" and model.config.dim == 192 and model.num_layers == 1
-    model = torch.hub.load(str(REPO), "mae_ast_patch", source="local", size="tiny", encoder_layers=1)
+    model = torch.hub.load(str(REPO), "mae_ast_patch", source="local", size="tiny", depth=1)
     save_upstream(model, tmp_path / "ckpt")
     local = torch.hub.load(str(REPO), "maebench_local", source="local", ckpt=str(tmp_path / "ckpt"))
     wav = torch.randn(1, 16000) * 0.1
@@ -160,7 +161,7 @@ def test_torch_hub_works_from_a_plain_clone():
         "import importlib.util\n"
         "assert importlib.util.find_spec('maebench') is None, 'maebench is still importable without the repo'\n"
         "import torch\n"
-        f"m = torch.hub.load({str(REPO)!r}, 'mae_ast_frame', source='local', size='tiny', encoder_layers=1)\n"
+        f"m = torch.hub.load({str(REPO)!r}, 'mae_ast_frame', source='local', size='tiny', depth=1)\n"
         "import maebench.upstream\n"
         "print(type(m).__name__, maebench.upstream.__file__)\n"
     )

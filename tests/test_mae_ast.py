@@ -6,35 +6,24 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import speech_batch, speechlike
 from torch.utils.flop_counter import FlopCounterMode
 from torchaudio.compliance import kaldi
 
 from maebench.errors import MaebenchError
 from maebench.upstream import registry
+from maebench.upstream.frontend import frames_to_samples, num_frames
 from maebench.upstream.mae_ast import MaeAst, MaeAstConfig
 
-SMALL = {"dim": 64, "num_heads": 2, "ffn_dim": 128, "encoder_layers": 2, "decoder_layers": 1}
+SMALL = {"dim": 64, "num_heads": 2, "ffn_dim": 128, "depth": 2, "decoder_depth": 1}
 
 
 def small_model(tokenizer: str = "patch", **overrides) -> MaeAst:
     return MaeAst(MaeAstConfig(tokenizer=tokenizer, **{**SMALL, **overrides}))
 
 
-def speechy(num_samples: int, seed: int = 0) -> torch.Tensor:
-    """Harmonics with a wandering pitch plus noise: an fbank with structure in time and frequency."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(num_samples) / 16000
-    f0 = 120 + 40 * torch.sin(2 * math.pi * 1.3 * t + seed)
-    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
-    wav = sum(torch.sin(k * phase) / k for k in range(1, 12))
-    return (0.3 * wav + 0.05 * torch.randn(num_samples, generator=g)).float()
 
 
-def batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    wavs = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        wavs[i, :n] = speechy(n, seed=i)
-    return wavs, torch.tensor(lengths)
 
 
 # ---- tokenisation and features ---------------------------------------------------------------------------------
@@ -74,7 +63,7 @@ def _reference_features(model: MaeAst, wav: torch.Tensor) -> list[torch.Tensor]:
     h = ln(h, "encoder_norm")
     heads, hd = model.config.num_heads, d // model.config.num_heads
     outputs = []
-    for i in range(model.config.encoder_layers):
+    for i in range(model.config.depth):
         p = f"encoder.{i}."
         w_q, w_k, w_v = sd[p + "attn.qkv.weight"].chunk(3)
         b_q, b_k, b_v = sd[p + "attn.qkv.bias"].chunk(3)
@@ -96,7 +85,7 @@ def test_features_match_float64_reference(tokenizer):
     with torch.no_grad():  # non-trivial BatchNorm statistics, as a pretrained model has
         model.batch_norm.running_mean.fill_(-6.0)
         model.batch_norm.running_var.fill_(20.0)
-    wav = speechy(21_000)  # 130 frames: not a multiple of 16 (patch) frames
+    wav = speechlike(21_000)  # 130 frames: not a multiple of 16 (patch) frames
     with torch.no_grad():
         features = model(wav[None], torch.tensor([21_000]))
     reference = _reference_features(model, wav)
@@ -111,7 +100,7 @@ def test_features_match_float64_reference(tokenizer):
 def test_padded_batch_equals_single_items(tokenizer):
     model = small_model(tokenizer).eval()
     lengths = [24_000, 17_100, 5_000]
-    wavs, lens = batch(lengths)
+    wavs, lens = speech_batch(lengths)
     with torch.no_grad():
         together = model(wavs, lens)
         assert torch.equal(together.lens, model.output_lens(lens))
@@ -128,7 +117,7 @@ def test_feature_geometry():
     patch, frame = small_model("patch").eval(), small_model("frame").eval()
     assert (patch.downsample_rate, frame.downsample_rate) == (2560, 320)
     assert (patch.hidden_size, frame.hidden_size) == (8 * 64, 64)
-    wavs, lens = batch([16_000, 800])  # 1 s and 0.05 s (shorter than one token)
+    wavs, lens = speech_batch([16_000, 800])  # 1 s and 0.05 s (shorter than one token)
     with torch.no_grad():
         fp, ff = patch(wavs, lens), frame(wavs, lens)
         tiny = patch(wavs[1:, :800], lens[1:])
@@ -141,7 +130,7 @@ def test_feature_geometry():
 
 def test_features_run_every_layer_and_honour_fbank_augment():
     model = small_model("frame", layerdrop=0.9)
-    wavs, lens = batch([8000])
+    wavs, lens = speech_batch([8000])
     seen = []
     model.fbank_augment = lambda feats: seen.append(feats.shape) or torch.zeros_like(feats)
     model.train()
@@ -168,7 +157,7 @@ def test_layerdrop_skips_layers_only_in_pretraining():
 @pytest.mark.parametrize("name", ["mae_ast_patch:tiny", "mae_ast_frame:tiny", "mae_ast_patch:small"])
 def test_preset_pretrain_forward_backward(name):
     model = registry.preset(name, layerdrop=0.0)
-    wavs, lens = batch([8_000, 8_000])  # 48 frames: 3 patch steps (24 tokens) or 24 frame tokens
+    wavs, lens = speech_batch([8_000, 8_000])  # 48 frames: 3 patch steps (24 tokens) or 24 frame tokens
     out = model.pretrain_loss(wavs, lens)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     assert set(out.stats) == {"mse", "nce", "nce_acc"}
@@ -183,10 +172,10 @@ def test_preset_pretrain_forward_backward(name):
 
 def test_base_presets_build_and_extract():
     model = registry.preset("mae_ast_patch:base").eval()
-    assert (model.config.dim, model.config.encoder_layers, model.config.decoder_layers) == (768, 12, 2)
+    assert (model.config.dim, model.config.depth, model.config.decoder_depth) == (768, 12, 2)
     assert model.hidden_size == 6144 and model.num_layers == 12
     with torch.no_grad():
-        out = model(*batch([4_000]))  # 0.25 s: one patch step
+        out = model(*speech_batch([4_000]))  # 0.25 s: one patch step
     assert [h.shape for h in out.hidden_states] == [(1, 1, 6144)] * 12
     with torch.device("meta"):  # the frame model differs only in its tokeniser: shapes suffice, no compute
         frame = registry.preset("mae_ast_frame:base")
@@ -214,7 +203,7 @@ def test_infonce_at_init_is_ln_m():
     with torch.no_grad():
         model.class_head.weight.normal_(0, 1e-4)
         model.class_head.bias.zero_()
-    out = model.pretrain_loss(*batch([16_000, 16_000]))
+    out = model.pretrain_loss(*speech_batch([16_000, 16_000]))
     m = 36  # 48 tokens, 12 kept
     assert abs(out.stats["nce"].item() - math.log(m)) < 0.01
     assert out.stats["nce_acc"].item() < 0.2  # chance is 1/36
@@ -222,7 +211,7 @@ def test_infonce_at_init_is_ln_m():
 
 def test_loss_matches_float64_recomputation():
     model = small_model("frame").eval()
-    wavs, lens = batch([16_000, 16_000])
+    wavs, lens = speech_batch([16_000, 16_000])
     mask = model.make_mask(2, 49)
     captured = {}
     hook = model.class_head.register_forward_hook(lambda mod, inp, out: captured.update(decoded=inp[0]))
@@ -287,7 +276,7 @@ def _math_attention(q, k, v, attn_mask=None, dropout_p=0.0, **_):
 def test_pretrain_flops_match_flop_counter(monkeypatch):
     """pretrain_flops = 3 x the forward matmul FLOPs, which FlopCounterMode counts independently."""
     model = small_model("patch", layerdrop=0.0)
-    wavs, lens = batch([32_000])
+    wavs, lens = speech_batch([32_000])
     feats = model._fbank(wavs, lens)  # the filterbank is not model FLOPs: computed outside the counter
     monkeypatch.setattr(model, "_fbank", lambda w, n: feats)
     monkeypatch.setattr(F, "scaled_dot_product_attention", _math_attention)
@@ -304,8 +293,25 @@ def test_too_short_for_pretraining_and_bad_config():
     with pytest.raises(MaebenchError, match="tokenizer"):
         MaeAstConfig(tokenizer="spectrogram")
     with pytest.raises(MaebenchError, match="unknown field"):
-        MaeAst.from_config({"tokenizer": "patch", "depth": 3})
+        MaeAst.from_config({"tokenizer": "patch", "layers": 3})
     with pytest.raises(MaebenchError, match="num_heads"):
         MaeAstConfig(dim=64, num_heads=5)
     assert MaeAstConfig(tokenizer="frame").mask_type == "random"
     assert MaeAst.from_config(small_model("frame").to_config()).to_config() == small_model("frame").to_config()
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_min_input_samples_is_one_whole_token(tokenizer):
+    model = small_model(tokenizer).eval()
+    shortest = model.min_input_samples()
+    assert shortest == {"patch": 2800, "frame": 560}[tokenizer] == frames_to_samples(model.ktime)
+    assert num_frames(shortest) == model.ktime and num_frames(shortest - 1) < model.ktime
+    # 0.1.0 padded short clips to downsample_rate + 400 samples: zeros past one whole token change nothing
+    wav = speechlike(1000)[None]
+    old = model.downsample_rate + 400
+    with torch.no_grad():
+        a = model(F.pad(wav, (0, shortest - 1000)), torch.tensor([shortest]))
+        b = model(F.pad(wav, (0, old - 1000)), torch.tensor([old]))
+    assert a.lens.tolist() == b.lens.tolist() == [1]
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        assert torch.equal(x, y)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from maebench import cli, toy_corpus
+from maebench import cli
 from maebench.errors import MaebenchError
 from maebench.manifest import AudioItem, find_audio, list_audio, read_json_list, read_manifest, write_manifest
 
@@ -134,17 +134,6 @@ def test_missing_and_empty_sources_are_one_line_errors(tmp_path: Path):
             call()
         assert needle in str(err.value), str(err.value)
     assert not (tmp_path / "o.tsv").exists()
-
-
-def test_no_source_means_the_toy_corpus(monkeypatch, capsys):
-    full_build = toy_corpus.ensure_toy_corpus
-    monkeypatch.setattr(toy_corpus, "ensure_toy_corpus", lambda: full_build(num_clips=6))
-    items = list_audio(None)
-    assert len(items) == 6 and all(item.path.is_file() and item.num_samples for item in items)
-    said = capsys.readouterr().out
-    assert said.count("\n") == 1 and "toy corpus" in said
-    list_audio(None, quiet=True)
-    assert capsys.readouterr().out == ""
 
 
 def test_cli_writes_manifest_and_refuses_to_overwrite(libri_tree: Path, tmp_path: Path, capsys):

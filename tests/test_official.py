@@ -349,7 +349,7 @@ def test_omegaconf_cfg_becomes_plain(tmp_path):
     path = tmp_path / "omegaconf.pt"
     torch.save(ckpt, path)
     model = load(path)
-    assert model.config.tokenizer == "frame" and model.config.encoder_layers == 1
+    assert model.config.tokenizer == "frame" and model.config.depth == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ def test_mae_ast_matches_a_float64_reference_of_the_fairseq_weights(tmp_path, to
     path = tmp_path / "mae_ast.pt"
     torch.save(ckpt, path)
     model = load(path)
-    assert (model.config.tokenizer, model.config.dim, model.config.encoder_layers, model.config.decoder_layers) == (
+    assert (model.config.tokenizer, model.config.dim, model.config.depth, model.config.decoder_depth) == (
         tokenizer, 64, 3, 1)
     assert model.config.mask_type == "chunk" and model.config.shared_mask  # chunk_mask: one mask per batch
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp16 files are upcast

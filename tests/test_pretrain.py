@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import yaml
+from helpers import write_tone_clips
 from safetensors.torch import load_file
 
 from maebench import run_checkpoint as ckpt
@@ -28,20 +28,11 @@ from maebench import trainer
 from maebench.cli import main
 from maebench.config import PretrainConfig, apply_overrides, from_dict
 from maebench.errors import MaebenchError
+from maebench.upstream.checkpoint import latest_checkpoint
 
-TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, encoder_layers: 2, decoder_layers: 1}"
+TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
 
 
-def write_clips(directory: Path, count: int = 24, seed: int = 0) -> Path:
-    """Short 16 kHz clips with some structure (tones + noise) so the loss can fall."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    t = np.arange(16000) / 16000
-    for i in range(count):
-        freq = rng.uniform(200, 2000)
-        wav = 0.3 * np.sin(2 * np.pi * freq * t * (1 + 0.5 * t)) + 0.05 * rng.standard_normal(t.size)
-        sf.write(directory / f"clip_{i:03d}.wav", wav[: int(rng.integers(9000, 16000))].astype(np.float32), 16000)
-    return directory
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +47,7 @@ def _one_thread(monkeypatch):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    return write_clips(tmp_path_factory.mktemp("clips"))
+    return write_tone_clips(tmp_path_factory.mktemp("clips"))
 
 
 def tiny_settings(data: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -129,7 +120,7 @@ def test_resume_equals_uninterrupted(clips, tmp_path, grad_accum):
 def test_checkpoint_contents_load_with_weights_only(clips, tmp_path):
     run = tmp_path / "run"
     trainer.train(tiny_config(clips, run, "train.keep_last=1"), quiet=True)
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000008"]  # keep_last pruned step 4
+    assert [p.name for p in ckpt.resumable_checkpoints(run)] == ["step_00000008"]  # keep_last pruned step 4
     step_dir = run / "checkpoints/step_00000008"
     state = torch.load(step_dir / "trainer.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)  # 24 clips / 4 = 6 per epoch
@@ -144,6 +135,23 @@ def test_checkpoint_contents_load_with_weights_only(clips, tmp_path):
     assert from_dict(yaml.safe_load((run / "config.yaml").read_text())) == tiny_config(clips, run, "train.keep_last=1")
 
 
+def test_trainer_and_registry_read_one_run_layout(clips, tmp_path):
+    """The trainer resumes from, and `maebench.upstream.load(RUN)` loads, the same newest checkpoint; a step dir
+    stripped of trainer.pt (weights shared without optimizer state) still loads as an upstream but never resumes."""
+    from maebench.upstream.registry import find_run_checkpoint
+
+    run = tmp_path / "run"
+    trainer.train(tiny_config(clips, run), quiet=True)
+    assert find_run_checkpoint(run) == latest_checkpoint(run) == latest_checkpoint(run, resumable=True)
+    stripped = shutil.copytree(run / "checkpoints/step_00000008", run / "checkpoints/step_00000012")
+    (stripped / "trainer.pt").unlink()
+    (run / "checkpoints/.staging-1234").mkdir()  # a killed write: never a checkpoint
+    assert find_run_checkpoint(run) == latest_checkpoint(run) == stripped
+    newest_resumable = run / "checkpoints/step_00000008"
+    assert latest_checkpoint(run, resumable=True) == ckpt.resumable_checkpoints(run)[-1] == newest_resumable
+    assert latest_checkpoint(tmp_path / "nowhere") is None
+
+
 def test_sigkill_loses_only_steps_since_last_checkpoint(clips, tmp_path):
     """Kill -9 while the run checkpoints every step; every checkpoint left is complete and the rerun resumes."""
     run = tmp_path / "run"
@@ -152,14 +160,14 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(clips, tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 90
     try:
-        while not ckpt.list_checkpoints(run) and time.time() < deadline and process.poll() is None:
+        while not ckpt.resumable_checkpoints(run) and time.time() < deadline and process.poll() is None:
             time.sleep(0.02)
         time.sleep(0.3)  # let it get into the middle of later checkpoint writes
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, process.stdout.read().decode()
-    saved = ckpt.list_checkpoints(run)
+    saved = ckpt.resumable_checkpoints(run)
     assert saved, "no checkpoint appeared before the kill"
     import maebench.upstream as upstream
 
@@ -176,7 +184,7 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(clips, tmp_path):
     assert f"resuming from {saved[-1]}" in resumed.stdout
     steps = metric_steps(run)
     assert steps == list(range(1, 41)), "metrics lost or repeated steps"  # lines past the checkpoint were redone
-    assert ckpt.latest_checkpoint(run).name == "step_00000040"
+    assert latest_checkpoint(run, resumable=True).name == "step_00000040"
     assert not list((run / "checkpoints").glob(".staging-*"))
     assert last >= 1
 
@@ -195,7 +203,7 @@ def test_pruning_killed_midway_leaves_no_half_checkpoint(clips, tmp_path, monkey
         ckpt.prune(run, keep_last=1)
     monkeypatch.undo()
     step_dirs = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")]
-    assert step_dirs == ckpt.list_checkpoints(run) == [run / "checkpoints/step_00000008"]
+    assert step_dirs == ckpt.resumable_checkpoints(run) == [run / "checkpoints/step_00000008"]
     ckpt.remove_stale_staging(run)  # the next start clears the leftover
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000008"]
 
@@ -241,7 +249,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(clips, tmp_path, monkeypa
     run = tmp_path / "run"
     with pytest.raises(MaebenchError, match=r"NaN/inf before step 6.*Last good checkpoint: .*step_00000004"):
         trainer.train(tiny_config(clips, run), quiet=True)
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000004"]
+    assert [p.name for p in ckpt.resumable_checkpoints(run)] == ["step_00000004"]
     weights = load_file(run / "checkpoints/step_00000004/model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     assert metric_steps(run) == [1, 2, 3, 4, 5]  # the bad window is never logged as if it were fine
@@ -277,7 +285,7 @@ def test_run_dir_rules(clips, tmp_path, capsys):
     assert "--overwrite: deleted" in out and "checkpoints/step_00000006" in out and "metrics.jsonl" in out
     assert fresh.start_step == 0 and fresh.steps == 4
     assert (run / "notes.txt").read_text() == "mine"  # nothing of the user's is touched
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000004"]
+    assert [p.name for p in ckpt.resumable_checkpoints(run)] == ["step_00000004"]
     assert metric_steps(run) == [1, 2, 3, 4]
 
 
@@ -310,7 +318,7 @@ def test_cli_end_to_end_with_bad_files(clips, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0
     run = Path("runs/pretrain/mae_ast_patch-tiny")  # the default run dir, under the current directory
-    assert ckpt.latest_checkpoint(run).name == "step_00000003"
+    assert latest_checkpoint(run, resumable=True).name == "step_00000003"
     assert f"checkpoint: {run / 'checkpoints/step_00000003'}" in out
     assert "next: maebench eval --task ks2" in out
     assert "skipped 2 " in out and "corrupt.wav" in out and "empty.wav" in out

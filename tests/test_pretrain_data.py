@@ -21,6 +21,7 @@ from maebench.pretrain_data import (
     build_pretrain_loader,
     collate_clips,
     crop_offset,
+    list_audio,
 )
 
 CLIP = 4000  # 0.25 s
@@ -226,7 +227,7 @@ def test_toy_corpus_never_uses_a_half_built_folder(tmp_path: Path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the corpus nor its temporary build folder
 
     monkeypatch.setattr(toy_corpus, "toy_clip", real_clip)
-    leftover = tmp_path / "toy_corpus_v1_n4"
+    leftover = tmp_path / f"toy_corpus_v{toy_corpus.VERSION}_n4"
     (leftover / "clips").mkdir(parents=True)  # a folder without a manifest is not a finished corpus
     corpus = toy_corpus.ensure_toy_corpus(tmp_path, num_clips=4)
     assert corpus == leftover and len(read_manifest(toy_corpus.toy_manifest(corpus))) == 4
@@ -237,3 +238,18 @@ def test_default_toy_corpus_lives_in_the_cache(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(toy_corpus, "NUM_CLIPS", 3)  # the folder name follows the requested size
     corpus = toy_corpus.ensure_toy_corpus(num_clips=3)
     assert corpus.parent == tmp_path / "cache" and corpus.name.startswith(f"toy_corpus_v{toy_corpus.VERSION}")
+
+
+def test_no_source_means_the_toy_corpus(monkeypatch, capsys, tmp_path: Path):
+    full_build = toy_corpus.ensure_toy_corpus
+    monkeypatch.setattr(toy_corpus, "ensure_toy_corpus", lambda: full_build(num_clips=6))
+    items = list_audio(None)
+    assert len(items) == 6 and all(item.path.is_file() and item.num_samples for item in items)
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and "toy corpus" in said
+    list_audio(None, quiet=True)
+    assert capsys.readouterr().out == ""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write(folder / "a.wav", 1600)
+    assert [item.path.name for item in list_audio(folder)] == ["a.wav"]  # a source: read by maebench.manifest

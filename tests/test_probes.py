@@ -16,16 +16,16 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from maebench.downstream.augment import SpecAugment, mixup
+from maebench.downstream.heads import AvgTokHead, token_width
 from maebench.downstream.metrics import multi_hot
 from maebench.downstream.probes import (
-    AvgTokHead,
-    SpecAugment,
+    SuperbFinetuneSettings,
     finetune_probe,
     linear_probe,
     logreg_probe,
-    mixup,
-    resolve_hparams,
-    token_width,
+    resolve_settings,
+    settings_dict,
 )
 from maebench.downstream.tasks.base import Example, Fold, Task
 from maebench.errors import MaebenchError
@@ -124,7 +124,7 @@ def test_linear_probe_learns_tones(tone_task):
 def test_linear_probe_multilabel_map(tmp_path):
     task = make_task(tmp_path, multilabel=True, per_class=(6, 2, 3))
     result = linear_probe(SpectrumUpstream(), task, task.folds[0], seed=0,
-                          hparams=resolve_hparams("linear", task, {"max_steps": "100"}))
+                          settings=resolve_settings("linear", task, {"max_steps": "100"}))
     # chance mAP = the positive rate (~45%); separable sines give far more
     targets = multi_hot([ex.label for ex in task.folds[0].test], 4)
     assert result.score >= 85.0 > 100 * targets.mean() + 20
@@ -156,8 +156,10 @@ def test_finetune_probe_learns_tones(tone_task):
 
 
 def test_finetune_superb_recipe_with_mixup_and_specaugment(tone_task):
-    hparams = resolve_hparams("finetune", tone_task, {"epochs": "6", "mixup": "0.3", "freqm": "8", "timem": "4"})
-    hparams.update(recipe="superb", max_steps=24, eval_every=6, projector_dim=32, grad_clip=1.0)
+    ssast = resolve_settings("finetune", tone_task, {"epochs": "6", "mixup": "0.3", "freqm": "8", "timem": "4"})
+    shared = {k: v for k, v in settings_dict(ssast).items() if k in SuperbFinetuneSettings.__dataclass_fields__}
+    settings = SuperbFinetuneSettings(**{**shared, "recipe": "superb", "betas": ssast.betas, "max_steps": 24,
+                                         "eval_every": 6, "projector_dim": 32, "grad_clip": 1.0})
     seen = []
 
     class Spying(SpectrumUpstream):
@@ -165,7 +167,7 @@ def test_finetune_superb_recipe_with_mixup_and_specaugment(tone_task):
             seen.append(self.fbank_augment)
             return super().forward(wavs, lens)
 
-    result = finetune_probe(Spying(), tone_task, tone_task.folds[0], seed=1, hparams=hparams)
+    result = finetune_probe(Spying(), tone_task, tone_task.folds[0], seed=1, settings=settings)
     assert result.score >= 75.0
     assert result.hparams["head"] == "superb" and len(result.layers["weights"]) == 3
     assert any(isinstance(hook, SpecAugment) for hook in seen)
@@ -184,19 +186,19 @@ def test_specaugment_masks_bands_and_mixup_mixes_targets():
 
 
 def test_unknown_setting_is_a_one_line_error(tone_task):
-    with pytest.raises(MaebenchError, match="unknown linear setting 'stepz'"):
-        resolve_hparams("linear", tone_task, {"stepz": "3"})
-    with pytest.raises(MaebenchError, match="bad value"):
-        resolve_hparams("linear", tone_task, {"lr": "fast"})
-    assert resolve_hparams("linear", tone_task, {"linear.max_steps": "7"})["max_steps"] == 7
+    with pytest.raises(MaebenchError, match=r"unknown linear setting 'stepz' \(tones linear has: lr, optimizer,"):
+        resolve_settings("linear", tone_task, {"stepz": "3"})
+    with pytest.raises(MaebenchError, match="lr='fast': expected a number"):
+        resolve_settings("linear", tone_task, {"lr": "fast"})
+    assert resolve_settings("linear", tone_task, {"linear.max_steps": "7"}).max_steps == 7
 
 
 def test_balanced_sampling_draws_items_in_proportion_to_their_weights():
     """The linear probe's sampler follows the task's sample weights (s3prl's class-balanced KS1 sampler)."""
-    from maebench.downstream.probes import _epoch_batches
+    from maebench.downstream.probes.training import epoch_batches
 
     weights = torch.tensor([0.0, 1.0, 3.0, 0.0], dtype=torch.double)
-    batches = _epoch_batches(4, 4, torch.Generator().manual_seed(0), weights)
+    batches = epoch_batches(4, 4, torch.Generator().manual_seed(0), weights)
     drawn = torch.cat([next(batches) for _ in range(2000)])
     counts = torch.bincount(drawn, minlength=4).double()
     assert counts[0] == 0 and counts[3] == 0
@@ -231,6 +233,6 @@ def test_finetune_rejects_sample_weights_that_do_not_match_the_training_set(tone
     import dataclasses
 
     task = dataclasses.replace(tone_task, sample_weights=[1.0, 2.0])
-    hparams = {**resolve_hparams("finetune", task), "balanced_sampling": True}
+    settings = dataclasses.replace(resolve_settings("finetune", task), balanced_sampling=True)
     with pytest.raises(MaebenchError, match="2 sample weights for 24 training items"):
-        finetune_probe(SpectrumUpstream(), task, task.folds[0], hparams=hparams)
+        finetune_probe(SpectrumUpstream(), task, task.folds[0], settings=settings)

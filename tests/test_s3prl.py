@@ -22,7 +22,8 @@ from test_official import mae_ast_checkpoint, max_relative, ssast_state_dict
 from torch.nn.utils.rnn import pad_sequence
 
 from maebench.upstream import load
-from maebench.upstream.s3prl import UPSTREAM_NAME, MaebenchExpert, install_torchaudio_shim, maebench_local
+from maebench.upstream.s3prl_expert import UPSTREAM_NAME, MaebenchExpert, maebench_local
+from maebench.upstream.torchaudio_compat import install_torchaudio_shim
 
 REPO = Path(__file__).resolve().parents[1]
 _SHIM_NAMES = ("set_audio_backend", "get_audio_backend", "list_audio_backends", "sox_effects", "info", "load")
@@ -34,7 +35,7 @@ def hub():
     pytest.importorskip("s3prl", reason="install the s3prl extra: pip install 'maebench[s3prl]'")
     saved = {name: getattr(torchaudio, name) for name in _SHIM_NAMES if hasattr(torchaudio, name)}
     saved_module = sys.modules.get("torchaudio.sox_effects")
-    from maebench.upstream.s3prl import register
+    from maebench.upstream.s3prl_expert import register
 
     yield register()
     for name in _SHIM_NAMES:
@@ -80,7 +81,7 @@ def test_shim_restores_what_s3prl_imports_and_is_idempotent(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("preset, overrides", [
-    ("mae_ast_patch:tiny", {"encoder_layers": 2}),
+    ("mae_ast_patch:tiny", {"depth": 2}),
     ("ssast_frame:tiny", {"depth": 2}),
 ])
 def test_s3prl_upstream_checks_pass(hub, preset, overrides):
@@ -109,7 +110,7 @@ def test_s3prl_upstream_checks_pass(hub, preset, overrides):
 def test_legacy_featurizer_accepts_the_expert(hub):
     from s3prl.upstream.interfaces import Featurizer
 
-    expert = maebench_local("mae_ast_frame:tiny", encoder_layers=2)
+    expert = maebench_local("mae_ast_frame:tiny", depth=2)
     featurizer = Featurizer(expert, upstream_device="cpu")
     wavs = [torch.randn(n) for n in (16000, 9000, 300)]
     with torch.no_grad():
@@ -120,7 +121,7 @@ def test_legacy_featurizer_accepts_the_expert(hub):
 
 
 def test_short_items_repeat_their_last_real_frame(hub):
-    expert = MaebenchExpert(load("mae_ast_patch:tiny", encoder_layers=1).eval())
+    expert = MaebenchExpert(load("mae_ast_patch:tiny", depth=1).eval())
     wavs = [torch.randn(16000), torch.randn(16000)]
     with torch.no_grad():
         h = expert(wavs)["hidden_states"][0]
@@ -144,7 +145,7 @@ def test_bad_options_file_is_a_one_line_error(tmp_path):
 
 
 def test_runner_help_lists_the_registered_upstream(hub, capsys):
-    from maebench.s3prl import main
+    from maebench.s3prl_runner import main
 
     with pytest.raises(SystemExit) as exit_info:  # argparse inside s3prl's run_downstream.py
         main(["-h"])
@@ -155,7 +156,7 @@ def test_runner_help_lists_the_registered_upstream(hub, capsys):
 
 def test_runner_argument_defaults_and_errors(hub, tmp_path):
     from maebench.errors import MaebenchError
-    from maebench.s3prl import runner_arguments
+    from maebench.s3prl_runner import runner_arguments
 
     config = tmp_path / "c.yaml"
     config.write_text("runner: {}\n")
@@ -196,7 +197,7 @@ def test_legacy_runner_trains_with_a_maebench_upstream(hub, tmp_path):
     config = tmp_path / "example.yaml"
     config.write_text(EXAMPLE_CONFIG)
     options = tmp_path / "upstream.yaml"
-    options.write_text("encoder_layers: 2\n")
+    options.write_text("depth: 2\n")
     expdir = tmp_path / "exp"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     out = subprocess.run(

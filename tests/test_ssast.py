@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import speech_batch
 from torch.utils.flop_counter import FlopCounterMode
 from torchaudio.compliance import kaldi
 
 from maebench.errors import MaebenchError
+from maebench.upstream.frontend import frames_to_samples
 from maebench.upstream.ssast import Ssast, SsastConfig, adapt_pos_embed, info_nce
 
 SR = 16000
@@ -22,14 +24,6 @@ def tiny(tokenizer: str = "patch", **overrides) -> Ssast:
     return Ssast(SsastConfig(**fields))
 
 
-def speechlike(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
-    """Harmonic tones with a moving pitch plus a little noise: a spectrum with structure, like real audio."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / SR
-    f0 = 120 + 80 * torch.rand(batch, 1, generator=g)
-    phase = 2 * math.pi * torch.cumsum(f0 * (1 + 0.2 * torch.sin(2 * math.pi * 3 * t)), dim=1) / SR
-    wav = sum(torch.sin(k * phase) / k for k in range(1, 6))
-    return 0.3 * wav + 0.01 * torch.randn(batch, samples, generator=g)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -37,7 +31,7 @@ def test_config_defaults_follow_the_published_models():
     patch, frame = SsastConfig("patch"), SsastConfig("frame")
     assert patch.pretrain_grid == (8, 64) and frame.pretrain_grid == (1, 512)
     assert patch.num_masked == frame.num_masked == 400
-    assert (patch.mask_type, frame.mask_type) == ("cluster", "random")
+    assert (patch.mask_type, frame.mask_type) == ("chunk", "random")
     assert patch.ffn_dim == 3072 and patch.depth == 12
     assert patch.feature_grid == (12, 9) and frame.feature_grid == (1, 99)
     # other grids keep 400/512 of the tokens masked: 128 frames of 16x16 patches = 64 tokens -> 50
@@ -52,7 +46,7 @@ def test_config_round_trip_and_errors():
     assert (rebuilt.hidden_size, rebuilt.num_layers, rebuilt.downsample_rate) == (64, 2, 160)
     patch = tiny("patch")
     assert (patch.hidden_size, patch.downsample_rate) == (12 * 64, 1600)
-    with pytest.raises(MaebenchError, match="unknown SSAST config key"):
+    with pytest.raises(MaebenchError, match="unknown field"):
         Ssast.from_config({**config, "bogus": 1})
     with pytest.raises(MaebenchError, match="tokenizer"):
         SsastConfig(tokenizer="pixel")
@@ -79,7 +73,7 @@ def test_parameter_names_match_the_official_checkpoint():
 @pytest.mark.parametrize("mode", ["two_pass", "one_pass"])
 def test_pretrain_loss_and_backward(tokenizer, mode):
     model = tiny(tokenizer, pretrain_mode=mode)
-    wavs = speechlike(3, 16000)
+    wavs = speech_batch([16000] * 3)[0]
     lens = torch.tensor([16000, 11000, 6000])  # shorter than target_frames (padded) and longer (cut)
     out = model.pretrain_loss(wavs, lens)
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
@@ -148,7 +142,7 @@ def test_info_nce_at_init_is_log_of_masked_count():
     with torch.no_grad():  # small logits: every masked patch looks equally likely
         model.cpredlayer[2].weight.mul_(1e-4)
         model.cpredlayer[2].bias.zero_()
-    out = model.pretrain_loss(speechlike(2, 21000), torch.tensor([21000, 21000]))
+    out = model.pretrain_loss(speech_batch([21000] * 2)[0], torch.tensor([21000, 21000]))
     assert out.stats["nce"].item() == pytest.approx(math.log(50), abs=1e-3)
 
 
@@ -159,7 +153,7 @@ def test_encoder_passes_per_step(mode, passes):
     model.patch_embed.register_forward_hook(lambda module, inputs, output: embeds.append(1))
     calls = []
     model.norm.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
-    model.pretrain_loss(speechlike(2, 12000), torch.tensor([12000, 9000]))
+    model.pretrain_loss(speech_batch([12000] * 2)[0], torch.tensor([12000, 9000]))
     assert len(calls) == passes and len(embeds) == passes
 
 
@@ -188,7 +182,7 @@ def test_feature_shapes_and_lens(tokenizer, expected_lens, dim):
     model = tiny(tokenizer).eval()
     lens = torch.tensor([4800, 16000, 40000, 100])  # < 1 window, one window, 2.5 windows, < one fbank frame
     with torch.no_grad():
-        features = model(speechlike(4, 40000), lens)
+        features = model(speech_batch([40000] * 4)[0], lens)
     assert features.lens.tolist() == expected_lens
     assert model.output_lens(lens).tolist() == expected_lens
     assert len(features.hidden_states) == model.num_layers == 2
@@ -200,7 +194,7 @@ def test_feature_shapes_and_lens(tokenizer, expected_lens, dim):
 def test_padded_batch_matches_single_items(tokenizer):
     model = tiny(tokenizer).eval()
     lens = torch.tensor([27000, 9000, 16000])
-    wavs = speechlike(3, 27000, seed=1)
+    wavs = speech_batch([27000] * 3, seed=1)[0]
     wavs[1, 9000:] = 0.7  # garbage in the padding must not leak into item 1
     with torch.no_grad():
         batched = model(wavs, lens)
@@ -252,7 +246,7 @@ def _s3prl_style_reference(model: Ssast, wavs: list[torch.Tensor]) -> list[torch
 def test_features_match_s3prl_procedure(tokenizer):
     model = tiny(tokenizer).eval()
     lengths = [30000, 17000, 5000]
-    audio = speechlike(3, 30000, seed=2)
+    audio = speech_batch([30000] * 3, seed=2)[0]
     wavs = [audio[b, :n] for b, n in enumerate(lengths)]
     with torch.no_grad():
         ours = model(audio, torch.tensor(lengths))
@@ -310,7 +304,7 @@ def test_fbank_augment_applies_only_in_training():
         return fbank * 0
 
     model.fbank_augment = augment
-    wavs, lens = speechlike(1, 8000), torch.tensor([8000])
+    wavs, lens = speech_batch([8000] * 1)[0], torch.tensor([8000])
     model.eval()
     with torch.no_grad():
         eval_out = model(wavs, lens).hidden_states[-1]
@@ -329,5 +323,21 @@ def test_fbank_augment_sees_the_whole_clip_not_each_window():
     model.fbank_augment = lambda fbank: shapes.append(fbank.shape) or fbank
     model.train()
     with torch.no_grad():
-        model(speechlike(2, 40000), torch.tensor([40000, 30000]))  # 2.5 s: three 1 s windows per item
+        model(speech_batch([40000] * 2)[0], torch.tensor([40000, 30000]))  # 2.5 s: three 1 s windows per item
     assert shapes == [(2, 3 * 98, 128)]
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_min_input_samples_is_one_patch_column(tokenizer):
+    model = tiny(tokenizer).eval()
+    shortest = model.min_input_samples()
+    assert shortest == {"patch": 2800, "frame": 560}[tokenizer] == frames_to_samples(model.config.tshape)
+    # 0.1.0 padded short clips to downsample_rate + 400 samples (2000 / 560): the same frames and features
+    wav = speech_batch([1000] * 1)[0]
+    old = model.downsample_rate + 400
+    with torch.no_grad():
+        a = model(F.pad(wav, (0, shortest - 1000)), torch.tensor([shortest]))
+        b = model(F.pad(wav, (0, old - 1000)), torch.tensor([old]))
+    assert a.lens.tolist() == b.lens.tolist()
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        assert torch.equal(x, y)

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from maebench.audio import read_audio
+from maebench.downstream import datasets
 from maebench.downstream.tasks import TASKS, check_layout, load_task
 from maebench.downstream.tasks.audioset import label_frequency_weights
 from maebench.downstream.tasks.base import Example, Task, holdout
@@ -441,8 +442,11 @@ def test_probe_defaults_cover_every_task():
     assert probe_defaults("as20k", False)["finetune"]["loss"] == "bce"
 
 
-def test_unknown_task_and_missing_root():
-    with pytest.raises(MaebenchError, match="unknown task"):
-        load_task("ks3")
+def test_unknown_task_and_missing_root(tmp_path):
+    for call in (lambda: datasets.load_task("ks3"), lambda: load_task("ks3", tmp_path),
+                 lambda: datasets.check_layout("ks3"), lambda: datasets.build_toy("ks3", tmp_path / "ks3")):
+        with pytest.raises(MaebenchError, match="unknown task 'ks3'; choose one of as20k, esc50, ks2"):
+            call()
+    assert not (tmp_path / "ks3").exists()
     with pytest.raises(MaebenchError, match="does not exist"):
         load_task("ks2", "/nonexistent/speech_commands")

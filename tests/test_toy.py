@@ -14,7 +14,7 @@ import soundfile as sf
 
 from maebench.cli import main as cli_main
 from maebench.downstream import sounds, toy
-from maebench.downstream.tasks import TASKS, build_toy, load_task
+from maebench.downstream.datasets import TASKS, build_toy, load_task
 from maebench.downstream.tasks.speech_commands import KS1_CLASSES, KS2_WORDS, which_set
 from maebench.errors import MaebenchError
 

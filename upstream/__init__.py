@@ -1,4 +1,5 @@
-"""Models: MAE-AST and SSAST behind the Upstream interface, their registry, and checkpoint loading."""
+"""Models: the fbank front end, MAE-AST and SSAST behind the Upstream interface, their registry, checkpoint loading,
+and the adapters to the outside (s3prl)."""
 
 from maebench.upstream.interface import Features, PretrainOutput, Upstream
 

@@ -4,12 +4,18 @@ config.json = {"format": "maebench-upstream", "format_version": 1, "family": ...
 "frontend": {...FbankConfig...} | null, "provenance": {"maebench_version", "created", ...}}.
 Nothing is unpickled when reading (safetensors + JSON only), and a directory is written under a temporary name
 and renamed into place, so readers never see a half-written checkpoint.
+
+This module is also the one home of the training-run layout (the trainer writes it, the registry loads from it):
+`RUN/config.yaml`, `RUN/metrics.jsonl` and `RUN/checkpoints/step_XXXXXXXX/` (the native files above + `trainer.pt`).
+Names under `RUN/checkpoints/` starting with `.staging-` are writes or deletions in progress, never checkpoints.
+`latest_checkpoint(run_dir)` is the one reader of that layout.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -182,3 +188,54 @@ def load_weights_into(model: nn.Module, tensors: Mapping[str, Tensor], source: s
             raise MaebenchError(f"{source}: weight {key!r} has dtype {got.dtype}, the model expects {ref.dtype}")
     with torch.no_grad():
         model.load_state_dict(dict(tensors), strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------- training runs
+
+RUN_CONFIG_FILE = "config.yaml"  # RUN/config.yaml: the run's fully resolved pretraining config
+METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging window
+RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
+TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
+STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """Where a run's checkpoint of optimizer step `step` lives."""
+    return Path(run_dir) / RUN_CHECKPOINTS / step_dir_name(step)
+
+
+def step_of(path: str | Path) -> int | None:
+    """The step a `step_XXXXXXXX` directory name stands for (None for any other name)."""
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A training run directory (it has a checkpoints/ folder, complete checkpoints or not)."""
+    return (Path(path) / RUN_CHECKPOINTS).is_dir()
+
+
+def list_checkpoints(run_dir: str | Path, *, resumable: bool = False) -> list[Path]:
+    """A run's checkpoints, oldest first: the `step_*` directories holding config.json (an upstream: its validity
+    is checked when it is loaded), or with `resumable` all of config.json, model.safetensors and trainer.pt."""
+    root = Path(run_dir) / RUN_CHECKPOINTS
+    if not root.is_dir():
+        return []
+    needed = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_FILE) if resumable else (CONFIG_FILE,)
+    found = []
+    for path in root.iterdir():
+        step = step_of(path)
+        if step is not None and all((path / name).is_file() for name in needed):
+            found.append((step, path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path, *, resumable: bool = False) -> Path | None:
+    """The newest checkpoint of a training run (see list_checkpoints), or None if it has none."""
+    checkpoints = list_checkpoints(run_dir, resumable=resumable)
+    return checkpoints[-1] if checkpoints else None

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .frontend import SAMPLE_RATE, frames_to_samples
+
 
 @dataclass
 class Features:
@@ -38,11 +40,12 @@ class Upstream(nn.Module):
 
     Subclasses set `downsample_rate` (input samples per output frame), `hidden_size` (D) and `num_layers`
     (len(hidden_states)), and implement `forward` and `to_config` (a JSON-able dict that, with `family`,
-    rebuilds the architecture through the registry).
+    rebuilds the architecture through the registry). Models with a front end of their own override
+    `min_input_samples` with its exact arithmetic.
     """
 
     family: str = ""
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     # Set by the fine-tuning probe: applied to the (B, T, mel) filterbank in training mode (SpecAugment); models
     # with a filterbank front end honour it, others ignore it.
     fbank_augment: Callable[[Tensor], Tensor] | None = None
@@ -59,3 +62,11 @@ class Upstream(nn.Module):
     def output_lens(self, lens: Tensor) -> Tensor:
         """Valid output frames for inputs of `lens` samples (override where the front end differs)."""
         return torch.div(lens, self.downsample_rate, rounding_mode="floor").clamp(min=1)
+
+    def min_input_samples(self) -> int:
+        """The shortest input, in samples, that gives every layer at least one real output frame; shorter clips
+        are zero-padded to it by the callers (feature cache, probes, the s3prl plugin).
+
+        This default covers one output frame's stride plus one 25 ms fbank window (downsample_rate + 400).
+        """
+        return int(self.downsample_rate) + frames_to_samples(1)

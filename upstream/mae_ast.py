@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maebench.audio import MAE_AST_FBANK, FbankConfig, fbank_batch, num_frames
 from maebench.errors import MaebenchError
 
 from .blocks import Block, sinusoidal_positions
+from .frontend import MAE_AST_FBANK, FbankConfig, fbank_batch, frames_to_samples, num_frames
 from .interface import Features, PretrainOutput, Upstream
 from .masking import chunk_mask, gather_tokens, random_mask, split_indices
+from .vocabulary import config_from_dict
 
 NUM_MEL_BINS = 128
 # (frames per token in time, mel bins per token): both tokenisers give 256 values per token
@@ -34,30 +35,33 @@ MASK_TYPES = ("chunk", "random")
 
 @dataclass
 class MaeAstConfig:
-    """Architecture and pretraining objective. Defaults = the released base model (patch, chunk masking)."""
+    """Architecture and pretraining objective. Defaults = the released base model (patch, chunk masking).
+
+    Field names are the vocabulary shared with SsastConfig (see `maebench.upstream.vocabulary`).
+    """
 
     tokenizer: str = "patch"  # "patch" (16x16) | "frame" (128 mel bins x 2 frames)
     dim: int = 768
     num_heads: int = 12
     ffn_dim: int = 3072
-    encoder_layers: int = 12
-    decoder_layers: int = 2
+    depth: int = 12  # encoder blocks
+    decoder_depth: int = 2  # decoder blocks
     dropout: float = 0.1
     attn_dropout: float = 0.1
     activation_dropout: float = 0.0
     layerdrop: float = 0.05  # encoder only, pretraining only (features always run every layer)
     mask_ratio: float = 0.75
-    mask_type: str = "auto"  # "chunk" | "random"; "auto" = chunk for patch, random for frame (the paper's pairs)
+    mask_type: str | None = None  # "chunk" | "random"; None = chunk for patch, random for frame (the paper's pairs)
     shared_mask: bool = False  # True = one mask for the whole batch, as in the public code
-    chunk_min_side: int = 3
-    chunk_max_side: int = 5
+    mask_min_side: int = 3  # chunk sides, in tokens
+    mask_max_side: int = 5
     recon_weight: float = 10.0
     nce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tokenizer not in TOKEN_SHAPES:
             raise MaebenchError(f"mae_ast config: tokenizer must be 'patch' or 'frame', got {self.tokenizer!r}")
-        if self.mask_type == "auto":
+        if self.mask_type is None:
             self.mask_type = "chunk" if self.tokenizer == "patch" else "random"
         if self.mask_type not in MASK_TYPES:
             raise MaebenchError(f"mae_ast config: mask_type must be 'chunk' or 'random', got {self.mask_type!r}")
@@ -65,25 +69,20 @@ class MaeAstConfig:
             raise MaebenchError(
                 f"mae_ast config: dim {self.dim} must be a positive multiple of num_heads {self.num_heads}"
             )
-        if self.encoder_layers < 1 or self.decoder_layers < 0 or self.ffn_dim < 1:
-            raise MaebenchError("mae_ast config: need encoder_layers >= 1, decoder_layers >= 0 and ffn_dim >= 1")
+        if self.depth < 1 or self.decoder_depth < 0 or self.ffn_dim < 1:
+            raise MaebenchError("mae_ast config: need depth >= 1, decoder_depth >= 0 and ffn_dim >= 1")
         if not 0.0 < self.mask_ratio < 1.0:
             raise MaebenchError(f"mae_ast config: mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if not 1 <= self.chunk_min_side <= self.chunk_max_side:
+        if not 1 <= self.mask_min_side <= self.mask_max_side:
             raise MaebenchError(
-                f"mae_ast config: need 1 <= chunk_min_side <= chunk_max_side, "
-                f"got {self.chunk_min_side}, {self.chunk_max_side}"
+                f"mae_ast config: need 1 <= mask_min_side <= mask_max_side, "
+                f"got {self.mask_min_side}, {self.mask_max_side}"
             )
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MaeAstConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise MaebenchError(
-                f"mae_ast config: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        """From a dict in the current or the 0.1.0 names; unknown fields -> MaebenchError."""
+        return config_from_dict(cls, "mae_ast", config)
 
 
 def _bert_init(module: nn.Module) -> None:
@@ -105,18 +104,18 @@ class MaeAst(Upstream):
         self.config = cfg = config or MaeAstConfig()
         self.ktime, self.kchan = TOKEN_SHAPES[cfg.tokenizer]
         self.tokens_per_step = NUM_MEL_BINS // self.kchan
-        self.downsample_rate = self.ktime * int(self.frontend.sample_rate * self.frontend.frame_shift_ms / 1000)
+        self.downsample_rate = self.ktime * self.frontend.window_shift
         self.hidden_size = self.tokens_per_step * cfg.dim
-        self.num_layers = cfg.encoder_layers
+        self.num_layers = cfg.depth
         token_values = self.ktime * self.kchan
 
         self.batch_norm = nn.BatchNorm2d(1, affine=False)
         self.patch_embed = nn.Linear(token_values, cfg.dim)
         self.encoder_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
-        self.encoder = nn.ModuleList(self._block() for _ in range(cfg.encoder_layers))
+        self.encoder = nn.ModuleList(self._block() for _ in range(cfg.depth))
         self.decoder_mask_token = nn.Parameter(torch.rand(cfg.dim))  # uniform [0, 1) as in the public code
         self.decoder_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
-        self.decoder = nn.ModuleList(self._block() for _ in range(cfg.decoder_layers))
+        self.decoder = nn.ModuleList(self._block() for _ in range(cfg.decoder_depth))
         self.recon_head = nn.Linear(cfg.dim, token_values)
         self.class_head = nn.Linear(cfg.dim, token_values)
         self.encoder.apply(_bert_init)
@@ -226,8 +225,8 @@ class MaeAst(Upstream):
                 batch,
                 (steps, self.tokens_per_step),
                 count,
-                min_side=cfg.chunk_min_side,
-                max_side=cfg.chunk_max_side,
+                min_side=cfg.mask_min_side,
+                max_side=cfg.mask_max_side,
                 shared=cfg.shared_mask,
                 device=device,
                 generator=generator,
@@ -245,11 +244,7 @@ class MaeAst(Upstream):
         target = self._tokenise(self._normalise(feats, batch_stats=self.training))  # (B, N, 256)
         b, n, _ = target.shape
         if n < 2:
-            frames = -(-2 // self.tokens_per_step) * self.ktime
-            fe = self.frontend
-            need = (frames - 1) * int(fe.sample_rate * fe.frame_shift_ms / 1000) + int(
-                fe.sample_rate * fe.frame_length_ms / 1000
-            )
+            need = frames_to_samples(-(-2 // self.tokens_per_step) * self.ktime, self.frontend)
             raise MaebenchError(
                 f"mae_ast pretraining needs clips of at least {need} samples, got {wavs.shape[-1]}; use longer clips"
             )
@@ -303,8 +298,8 @@ class MaeAst(Upstream):
 
         forward = (
             2 * n * v * d  # embedding
-            + cfg.encoder_layers * layer(k)
-            + cfg.decoder_layers * layer(n)
+            + cfg.depth * layer(k)
+            + cfg.decoder_depth * layer(n)
             + 2 * (2 * m * d * v)  # two heads
             + 2 * m * m * v  # InfoNCE logits
         )
@@ -313,6 +308,10 @@ class MaeAst(Upstream):
     # ---- features ----------------------------------------------------------------------------------------------
     def _steps(self, frame_lens: Tensor) -> Tensor:
         return torch.div(frame_lens, self.ktime, rounding_mode="floor").clamp(min=1)
+
+    def min_input_samples(self) -> int:
+        """One whole token: ktime fbank frames (2800 samples for patch tokens, 560 for frame tokens)."""
+        return frames_to_samples(self.ktime, self.frontend)
 
     def output_lens(self, lens: Tensor) -> Tensor:
         """Valid feature steps for `lens` samples: whole tokens only (frames past a multiple of ktime dropped)."""

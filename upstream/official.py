@@ -19,6 +19,7 @@ loaded strictly: a model is never left with random weights.
 from __future__ import annotations
 
 import _compat_pickle
+import dataclasses
 import hashlib
 import pickle
 import re
@@ -34,6 +35,7 @@ from torch import Tensor
 from maebench.errors import MaebenchError
 
 from .interface import Upstream
+from .vocabulary import merged
 
 __all__ = [
     "MAE_AST_FORMAT",
@@ -403,11 +405,14 @@ def convert_ssast(obj: Mapping[str, Any], path: str | Path = "<checkpoint>", **o
         "tokenizer": tokenizer, "dim": dim, "num_heads": _DEIT_HEADS.get(dim, 1), "ffn_dim": ffn_dim,
         "depth": depth, "fshape": fshape, "tshape": tshape, "target_frames": tdim,
     }
-    config.update(options)
+    known = {f.name for f in dataclasses.fields(SsastConfig)}
+    unknown = sorted(set(merged("ssast", options)) - known)
+    if unknown:
+        raise MaebenchError(
+            f"{path}: invalid SSAST option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+        )
     try:
-        model = Ssast(SsastConfig(**config))
-    except TypeError as err:
-        raise MaebenchError(f"{path}: invalid SSAST option ({_one_line(err)})") from None
+        model = Ssast(SsastConfig.from_dict(merged("ssast", config, options)))
     except MaebenchError as err:
         raise MaebenchError(f"{path}: {err}") from None
 
@@ -504,8 +509,8 @@ def _mae_ast_config(model_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any], p
         "dim": dim,
         "num_heads": int(_cfg(model_cfg, "encoder_attention_heads", path)),
         "ffn_dim": int(_cfg(model_cfg, "encoder_ffn_embed_dim", path)),
-        "encoder_layers": int(_cfg(model_cfg, "encoder_layers", path)),
-        "decoder_layers": int(_cfg(model_cfg, "decoder_layers", path, 2)),
+        "depth": int(_cfg(model_cfg, "encoder_layers", path)),
+        "decoder_depth": int(_cfg(model_cfg, "decoder_layers", path, 2)),
         "dropout": float(model_cfg.get("dropout", 0.1)),
         "attn_dropout": float(model_cfg.get("attention_dropout", 0.1)),
         "activation_dropout": float(model_cfg.get("activation_dropout", 0.0)),
@@ -537,7 +542,7 @@ def _mae_ast_weights(
     for stat in ("running_mean", "running_var", "num_batches_tracked"):
         take(f"batch_norm.{stat}", f"batch_norm.{stat}")
     take("decoder_mask_token", "decoder_mask_emb")
-    for stack, layers in (("encoder", config["encoder_layers"]), ("decoder", config["decoder_layers"])):
+    for stack, layers in (("encoder", config["depth"]), ("decoder", config["decoder_depth"])):
         for i in range(layers):
             theirs, ours = f"{stack}.layers.{i}", f"{stack}.{i}"
             for suffix in ("weight", "bias"):
@@ -583,17 +588,16 @@ def convert_mae_ast(obj: Mapping[str, Any], path: str | Path = "<checkpoint>", *
     state = obj["model"]
     # encoder depth must agree with the tensors (a cfg/weights mismatch would otherwise load a wrong model)
     stored_layers = {int(m.group(1)) for k in state if (m := re.fullmatch(r"encoder\.layers\.(\d+)\..*", str(k)))}
-    if stored_layers and max(stored_layers) + 1 != config["encoder_layers"]:
+    if stored_layers and max(stored_layers) + 1 != config["depth"]:
         raise MaebenchError(
-            f"{path}: cfg.model.encoder_layers={config['encoder_layers']} but the weights have "
+            f"{path}: cfg.model.encoder_layers={config['depth']} but the weights have "
             f"{max(stored_layers) + 1} encoder layers (key 'encoder.layers.{max(stored_layers)}.fc1.weight')"
         )
     converted, sources, used = _mae_ast_weights(state, config, path)
     _reject_leftovers(state, used, _MAE_AST_IGNORED, path)
     _check_sine_tables(state, config["dim"], path)
-    config.update(options)
     try:
-        model = MaeAst(MaeAstConfig.from_dict(config))
+        model = MaeAst(MaeAstConfig.from_dict(merged("mae_ast", config, options)))
     except MaebenchError as err:
         raise MaebenchError(f"{path}: {err}") from None
     _load_strict(model, converted, sources, path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from maebench.errors import MaebenchError
 
 from . import checkpoint
 from .interface import Upstream
+from .vocabulary import merged
 
 FAMILIES = ("mae_ast", "ssast")
 SIZES: dict[str, dict[str, int]] = {
@@ -32,14 +32,14 @@ SIZES: dict[str, dict[str, int]] = {
     "base": {"dim": 768, "num_heads": 12, "ffn_dim": 3072},
 }
 DEFAULT_SIZE = "base"
-# preset name -> (family, config fields beyond the size); depths are the families' defaults (12-layer encoders)
+# preset name -> (family, config fields beyond the size); depths are the families' defaults (12-layer encoders).
+# Field names are the vocabulary both families share (maebench.upstream.vocabulary).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "mae_ast_patch": ("mae_ast", {"tokenizer": "patch", "mask_type": "chunk"}),
     "mae_ast_frame": ("mae_ast", {"tokenizer": "frame", "mask_type": "random"}),
     "ssast_patch": ("ssast", {"tokenizer": "patch"}),
     "ssast_frame": ("ssast", {"tokenizer": "frame"}),
 }
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def family_class(family: str) -> type[Upstream]:
@@ -57,13 +57,7 @@ def family_class(family: str) -> type[Upstream]:
 
 def build(family: str, config: dict[str, Any]) -> Upstream:
     """A freshly initialised model of `family` from its config dict (unknown fields -> MaebenchError)."""
-    cls = family_class(family)
-    try:
-        return cls.from_config(dict(config))
-    except TypeError as err:
-        if "unexpected keyword argument" not in str(err):  # a real bug, not a bad config field
-            raise
-        raise MaebenchError(f"invalid {family} config: {err}") from None
+    return family_class(family).from_config(dict(config))
 
 
 def parse_preset(name: str) -> tuple[str, str]:
@@ -81,10 +75,10 @@ def parse_preset(name: str) -> tuple[str, str]:
 
 
 def preset_config(name: str, **overrides: Any) -> tuple[str, dict[str, Any]]:
-    """(family, config dict) of a preset with `overrides` applied on top."""
+    """(family, config dict) of a preset with `overrides` (current or 0.1.0 field names) applied on top."""
     base, size = parse_preset(name)
     family, fields = PRESETS[base]
-    return family, {**SIZES[size], **fields, **overrides}
+    return family, merged(family, SIZES[size], fields, overrides)
 
 
 def preset(name: str, **overrides: Any) -> Upstream:
@@ -97,26 +91,23 @@ def _looks_like_preset(spec: str) -> bool:
 
 
 def find_run_checkpoint(run_dir: str | Path) -> Path:
-    """The newest complete `checkpoints/step_XXXXXXXX/` of a training run directory."""
-    root = Path(run_dir) / "checkpoints"
-    steps = []
-    if root.is_dir():
-        for child in root.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and checkpoint.is_native_checkpoint(child):
-                steps.append((int(match.group(1)), child))
-    if not steps:
+    """The newest `checkpoints/step_XXXXXXXX/` of a training run directory (checkpoint.latest_checkpoint)."""
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
         raise MaebenchError(f"{run_dir}: training run without checkpoints (no checkpoints/step_*/config.json)")
-    return max(steps)[1]
+    return latest
 
 
 def load_native(directory: str | Path, **overrides: Any) -> Upstream:
-    """Rebuild a model from a native checkpoint directory; overrides change config fields (e.g. dropout)."""
+    """Rebuild a model from a native checkpoint directory; overrides change config fields (e.g. dropout).
+
+    A config.json written by maebench 0.1.0 (the old field names) loads too: names are mapped on read.
+    """
     directory = Path(directory)
     meta = checkpoint.read_metadata(directory)
     config_path = directory / checkpoint.CONFIG_FILE
     try:
-        model = build(meta["family"], {**meta["config"], **overrides})
+        model = build(meta["family"], merged(meta["family"], meta["config"], overrides))
     except MaebenchError as err:
         raise MaebenchError(f"{config_path}: {err}") from None
     _check_frontend(model, meta.get("frontend"), config_path)
@@ -149,7 +140,7 @@ def load(path_or_preset: str | Path, **overrides: Any) -> Upstream:
     if path.is_dir():
         if checkpoint.is_native_checkpoint(path):
             return load_native(path, **overrides)
-        if (path / "checkpoints").is_dir():
+        if checkpoint.is_run_dir(path):
             return load_native(find_run_checkpoint(path), **overrides)
         raise MaebenchError(
             f"{path}: directory is neither a maebench checkpoint (config.json + model.safetensors) nor a training "

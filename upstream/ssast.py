@@ -24,17 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maebench.audio import SSAST_FBANK, FbankConfig, fbank_batch
 from maebench.errors import MaebenchError
 
 from .blocks import Block
+from .frontend import SAMPLE_RATE, SSAST_FBANK, FbankConfig, fbank_batch, frames_to_samples
 from .interface import Features, PretrainOutput, Upstream
 from .masking import chunk_mask, gather_tokens, random_mask, split_indices
+from .vocabulary import config_from_dict
 
 __all__ = ["Ssast", "SsastConfig", "adapt_pos_embed"]
 
-SAMPLE_RATE = 16000
-FRAME_SHIFT = 160  # samples per fbank frame (10 ms)
+FRAME_SHIFT = SSAST_FBANK.window_shift  # samples per fbank frame (160: 10 ms)
 NUM_MEL_BINS = 128
 NUM_PREFIX_TOKENS = 2  # DeiT's cls and dist tokens
 # The published models mask 400 of the 512 tokens of a 1024-frame clip; other grids keep this fraction.
@@ -45,11 +45,11 @@ FEATURE_FBANK = dataclasses.replace(SSAST_FBANK, remove_mean=False)
 
 _TOKENIZERS: dict[str, dict[str, Any]] = {
     # patch: 16x16 patches, pretrained without overlap; features use stride 10 in both axes (12 x T/10 tokens)
-    "patch": {"fshape": 16, "tshape": 16, "fstride": 10, "tstride": 10, "mask_type": "cluster"},
+    "patch": {"fshape": 16, "tshape": 16, "fstride": 10, "tstride": 10, "mask_type": "chunk"},
     # frame: 128x2 patches (whole spectrum, 2 frames); features use time stride 1
     "frame": {"fshape": 128, "tshape": 2, "fstride": 128, "tstride": 1, "mask_type": "random"},
 }
-_MASK_TYPES = ("cluster", "random")
+_MASK_TYPES = ("chunk", "random")  # chunk = the SSAST paper's cluster masking
 _PRETRAIN_MODES = ("two_pass", "one_pass")
 
 
@@ -59,20 +59,21 @@ class SsastConfig:
 
     Fields left as None take the tokenizer's published value in `__post_init__`, so `to_config` always records
     concrete numbers. `num_masked` defaults to round(tokens * 400 / 512): 400 for the published 1024-frame grid,
-    the same masked fraction (78%) for any other `target_frames`.
+    the same masked fraction (78%) for any other `target_frames`. Field names are the vocabulary shared with
+    MaeAstConfig (see `maebench.upstream.vocabulary`).
     """
 
     tokenizer: str = "patch"  # "patch" (16x16) | "frame" (128x2)
     dim: int = 768
     num_heads: int = 12
     ffn_dim: int | None = None  # 4 * dim
-    depth: int = 12
+    depth: int = 12  # encoder blocks
     fshape: int | None = None  # patch height in mel bins
     tshape: int | None = None  # patch width in frames
     target_frames: int = 1024  # pretraining input length: fbank padded / cut to this many frames
     num_masked: int | None = None
-    mask_type: str | None = None  # "cluster" (patch default) | "random" (frame default)
-    mask_min_side: int = 3  # cluster sides, in tokens
+    mask_type: str | None = None  # "chunk" (patch default: the paper's clusters) | "random" (frame default)
+    mask_min_side: int = 3  # chunk (cluster) sides, in tokens
     mask_max_side: int = 5
     pretrain_mode: str = "two_pass"  # "two_pass" (published) | "one_pass"
     norm_mean: float = -4.2677393  # AudioSet + LibriSpeech fbank statistics
@@ -122,6 +123,11 @@ class SsastConfig:
                 f"SSAST window_secs={self.window_secs} is shorter than one patch ({self.tshape} frames); "
                 f"use at least {self.tshape * FRAME_SHIFT / SAMPLE_RATE:g} s"
             )
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> SsastConfig:
+        """From a dict in the current or the 0.1.0 names; unknown fields -> MaebenchError."""
+        return config_from_dict(cls, "ssast", config)
 
     # ---- pretraining geometry (non-overlapping patches over target_frames)
     @property
@@ -266,13 +272,7 @@ class Ssast(Upstream):
         family = config.pop("family", cls.family)
         if family != cls.family:
             raise MaebenchError(f"config family {family!r} is not {cls.family!r}; load it with its own model class")
-        known = {f.name for f in dataclasses.fields(SsastConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise MaebenchError(
-                f"unknown SSAST config key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
-            )
-        return cls(SsastConfig(**config))
+        return cls(SsastConfig.from_dict(config))
 
     def to_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
@@ -319,13 +319,14 @@ class Ssast(Upstream):
     def sample_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """(B, tokens) bool, exactly `num_masked` True per row, drawn independently per clip.
 
-        cluster: square clusters (side mask_min_side..mask_max_side) on the (frequency, time) token grid; random:
-        uniform. (The public code picks one cluster side per clip, lets clusters wrap across frequency rows and
-        never masks token 0; here each cluster draws its side and clusters are clipped at the grid edge.)
+        chunk (the paper's cluster masking): square chunks (side mask_min_side..mask_max_side) on the (frequency,
+        time) token grid; random: uniform. (The public code picks one cluster side per clip, lets clusters wrap
+        across frequency rows and never masks token 0; here each chunk draws its side and chunks are clipped at the
+        grid edge.)
         """
         cfg = self.config
         device = self.pos_embed.device
-        if cfg.mask_type == "cluster":
+        if cfg.mask_type == "chunk":
             return chunk_mask(
                 batch, cfg.pretrain_grid, cfg.num_masked, min_side=cfg.mask_min_side, max_side=cfg.mask_max_side,
                 device=device, generator=generator,
@@ -401,6 +402,10 @@ class Ssast(Upstream):
         return float(3 * (passes * encoder + 2 * head + nce))
 
     # ------------------------------------------------------------------ feature extraction
+    def min_input_samples(self) -> int:
+        """One whole patch column: tshape fbank frames (2800 samples for patch, 560 for frame tokens)."""
+        return frames_to_samples(self.config.tshape, FEATURE_FBANK)
+
     def output_lens(self, lens: Tensor) -> Tensor:
         """Valid frames for `lens` samples: ceil(len / downsample_rate), but at most the tokens its windows give
         (s3prl's trimming: 9 tokens per 1 s patch window, not 10)."""

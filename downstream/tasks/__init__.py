@@ -1,12 +1,12 @@
 """The paper's six evaluation tasks (plus AS-2M), one module per dataset family, each reading the data as shipped.
 
-`load_task(name, root)` returns a `Task`; with no root it builds (once, in the cache) and loads a small toy dataset
-in the same official layout, so everything runs on a fresh machine without downloads.
+`load_task(name, root)` returns a `Task` read from `root`. The toy default (no root: build a small look-alike in
+the cache) lives one level up, in `maebench.downstream.datasets`, which sits above both these loaders and the toy
+builder that imitates them.
 """
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +14,14 @@ from pathlib import Path
 from maebench.errors import MaebenchError
 
 from .audioset import load_audioset
-from .base import Example, Fold, Task
+from .base import Example, Fold, Task, is_toy_root
 from .esc50 import load_esc50
 from .iemocap import load_er
 from .probe_settings import probe_defaults
 from .speech_commands import load_ks1, load_ks2
 from .voxceleb import load_sid
 
-__all__ = ["ALL_TASKS", "TASKS", "Example", "Fold", "Task", "build_toy", "check_layout", "load_task"]
+__all__ = ["ALL_TASKS", "TASKS", "Example", "Fold", "Task", "check_layout", "check_task_name", "load_task"]
 
 TASKS: tuple[str, ...] = ("as20k", "esc50", "ks2", "ks1", "sid", "er")
 ALL_TASKS: tuple[str, ...] = (*TASKS, "as2m")  # as2m: the same AudioSet loader with the unbalanced set
@@ -37,35 +37,25 @@ _LOADERS: dict[str, Callable[[Path, dict, bool], Task]] = {
 }
 
 
-def _check_name(name: str) -> None:
+def check_task_name(name: str) -> None:
+    """A MaebenchError listing the task names unless `name` is one of them."""
     if name not in _LOADERS:
         raise MaebenchError(f"unknown task {name!r}; choose one of {', '.join(ALL_TASKS)}")
 
 
-def load_task(name: str, root: str | Path | None = None) -> Task:
-    """The task `name` read from `root` (its official layout); root None -> the toy version, built on first use."""
-    from maebench.downstream import toy
-
-    _check_name(name)
+def load_task(name: str, root: str | Path) -> Task:
+    """The task `name` read from `root` (its official layout; a toy look-alike is recognised by its marker)."""
+    check_task_name(name)
     if root is None:
-        path = toy.ensure_toy(name, announce=lambda msg: print(msg, file=sys.stderr))
-    else:
-        path = Path(root).expanduser()
-        if not path.exists():
-            raise MaebenchError(f"dataset root {path} does not exist; pass the folder holding the {name} data")
-    is_toy = toy.is_toy_root(path)
+        raise TypeError("load_task needs a dataset root; maebench.downstream.datasets.load_task builds the toy")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise MaebenchError(f"dataset root {path} does not exist; pass the folder holding the {name} data")
+    is_toy = is_toy_root(path)
     return _LOADERS[name](path, probe_defaults(name, is_toy), is_toy)
 
 
-def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: str = "auto") -> Path:
-    """Write the toy look-alike of `name` in its official layout into `out_dir`; returns the root for load_task."""
-    from maebench.downstream import toy
-
-    _check_name(name)
-    return toy.build_toy(name, out_dir, seed=seed, speech_backend=speech_backend)
-
-
-def check_layout(name: str, root: str | Path | None, *, deep: bool = False) -> dict:
+def check_layout(name: str, root: str | Path, *, deep: bool = False) -> dict:
     """Validate a dataset layout and count examples per fold, split and class.
 
     Every referenced audio file must exist (deep=True also opens each header); the first problem is raised as a

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from maebench.errors import MaebenchError
+from maebench.upstream.frontend import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+TOY_MARKER = ".maebench_toy.json"  # written by the toy builder (downstream/toy.py); the loaders never read it
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,12 @@ def holdout(
     train = [ex for ex in examples if (stratum(ex), group(ex)) not in dev_groups]
     dev = [ex for ex in examples if (stratum(ex), group(ex)) in dev_groups]
     return train, dev
+
+
+def is_toy_root(path: Path) -> bool:
+    """True for a folder written by the toy builder (or KS1's inner v0.01 folder of one)."""
+    return (path / TOY_MARKER).is_file() or (path.name == "speech_commands_v0.01"
+                                             and (path.parent / TOY_MARKER).is_file())
 
 
 def relative_key(path: Path, root: Path) -> str:

@@ -27,8 +27,9 @@ import re
 from pathlib import Path
 
 from maebench.errors import MaebenchError
+from maebench.upstream.frontend import SAMPLE_RATE
 
-from .base import SAMPLE_RATE, Example, Fold, Task, require_dir, require_file
+from .base import Example, Fold, Task, require_dir, require_file
 
 KS2_WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go", "happy",

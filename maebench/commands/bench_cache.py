@@ -34,23 +34,22 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from rich.console import Console
-    from rich.table import Table
 
+    from maebench.downstream.datasets import load_task
     from maebench.downstream.evaluate import default_device, resolve_upstream
-    from maebench.downstream.probes import linear_probe, resolve_hparams
-    from maebench.downstream.tasks import load_task
+    from maebench.downstream.probes import linear_probe, resolve_settings
 
     quiet = args.quiet or not sys.stderr.isatty()
     task = load_task(args.task, args.data)
     fold = task.folds[0]
-    hparams = resolve_hparams("linear", task, {"max_steps": args.steps, "eval_every": args.eval_every,
-                                               "lr": args.lr})
+    settings = resolve_settings("linear", task, {"max_steps": args.steps, "eval_every": args.eval_every,
+                                                 "lr": args.lr})
     upstream, identity = resolve_upstream(args.upstream)
     device = torch.device(args.device) if args.device else default_device()
     upstream.to(device).eval()
     console = Console()
     console.print(f"bench cache: {task.name} ({len(fold.train)}/{len(fold.dev)}/{len(fold.test)} clips), "
-                  f"{identity['name']}, {args.steps} steps x batch {hparams['batch_size']}, lr {args.lr:g}, {device}")
+                  f"{identity['name']}, {args.steps} steps x batch {settings.batch_size}, lr {args.lr:g}, {device}")
 
     with torch.inference_mode():  # warm up (lazy initialisation, kernels) so neither run pays for it
         upstream(torch.zeros(2, upstream.sample_rate, device=device),
@@ -58,16 +57,25 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="maebench-bench-cache-") as cold_cache:
         start = time.perf_counter()
-        cached = linear_probe(upstream, task, fold, seed=args.seed, hparams=dict(hparams), quiet=quiet,
+        cached = linear_probe(upstream, task, fold, seed=args.seed, settings=settings, quiet=quiet,
                               cache_options={"root": Path(cold_cache),
                                              "upstream_fingerprint": identity["fingerprint"]})
         cached_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    live_score, live_dev = live_linear_probe(upstream, task, fold, hparams=dict(hparams), seed=args.seed,
-                                             quiet=quiet)
+    live_score, live_dev = live_linear_probe(upstream, task, fold, settings=settings, seed=args.seed, quiet=quiet)
     live_s = time.perf_counter() - start
 
+    _report(console, args, task, fold, settings, cached, cached_s, (live_score, live_dev), live_s)
+    return 0
+
+
+def _report(console, args: argparse.Namespace, task, fold, settings, cached, cached_s: float,
+            live: tuple[float, float | None], live_s: float) -> None:
+    """The comparison table, the upstream forward counts and the verdict on both targets."""
+    from rich.table import Table
+
+    live_score, live_dev = live
     table = Table(title=f"cached vs live linear probe ({task.name}, {task.metric} %)")
     for name in ("run", "wall s", "extract s", "test", "dev"):
         table.add_column(name, justify="right" if name != "run" else "left")
@@ -76,45 +84,36 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("live upstream (s3prl way)", f"{live_s:.1f}", "-", f"{live_score:.2f}", f"{live_dev or 0:.2f}")
     console.print(table)
     evaluations = len(range(args.eval_every, args.steps + 1, args.eval_every)) + (args.steps % args.eval_every != 0)
-    live_clips = (args.steps * hparams["batch_size"] * hparams.get("grad_accum", 1)
+    live_clips = (args.steps * settings.batch_size * settings.grad_accum
                   + evaluations * len(fold.dev) + len(fold.test))
     console.print(f"upstream clip forwards: cached {len(fold.train) + len(fold.dev) + len(fold.test)}, "
                   f"live {live_clips}")
     speedup, gap = live_s / cached_s, abs(live_score - cached.score)
     console.print(f"speed-up {speedup:.1f}x (target >= 5x: {'met' if speedup >= 5 else 'MISSED'}); "
                   f"test {task.metric} gap {gap:.2f} points (target <= 1: {'met' if gap <= 1 else 'MISSED'})")
-    return 0
 
 
-def live_linear_probe(upstream, task, fold, *, hparams: dict, seed: int, quiet: bool = True
+def live_linear_probe(upstream, task, fold, *, settings, seed: int, quiet: bool = True
                       ) -> tuple[float, float | None]:
     """The SUPERB linear probe computed the s3prl way: every training batch and every evaluation runs the frozen
     upstream and feeds frame-level features to the head. Returns (test score, best dev score)."""
     import torch
 
-    from maebench.downstream.feature_cache import min_input_samples, module_device, pad_batch, read_for_eval
+    from maebench.downstream.batching import eval_max_samples, pad_batch, read_for_eval
+    from maebench.downstream.device import device_autocast, module_device
+    from maebench.downstream.heads import SuperbHead
     from maebench.downstream.metrics import task_score
-    from maebench.downstream.probes import (
-        SuperbHead,
-        balanced_weights,
-        device_autocast,
-        eval_labels,
-        loss_name,
-        predict,
-        targets_for,
-        train_superb_head,
-    )
+    from maebench.downstream.probes import predict, train_superb_head
+    from maebench.downstream.probes.training import balanced_weights, eval_labels, loss_name, targets_for
 
     device = module_device(upstream)
-    max_samples = None if task.max_eval_seconds is None else int(task.max_eval_seconds * upstream.sample_rate)
-    min_samples = min_input_samples(upstream)
+    max_samples, min_samples = eval_max_samples(upstream, task), upstream.min_input_samples()
     upstream.eval()
     with torch.no_grad():
         wav = read_for_eval(task, fold.train[0], max_samples, min_samples)[None].to(device)
         shape = upstream(wav, torch.tensor([wav.shape[1]], device=device)).hidden_states
     torch.manual_seed(seed)  # the same head initialisation as the cached probe
-    head = SuperbHead(len(shape), shape[0].shape[-1], task.num_classes,
-                      int(hparams.get("projector_dim", 256))).to(device)
+    head = SuperbHead(len(shape), shape[0].shape[-1], task.num_classes, settings.projector_dim).to(device)
 
     def train_logits(indices: torch.Tensor) -> torch.Tensor:
         wavs, lens = pad_batch([read_for_eval(task, fold.train[int(i)], max_samples, min_samples) for i in indices])
@@ -128,9 +127,9 @@ def live_linear_probe(upstream, task, fold, *, hparams: dict, seed: int, quiet: 
 
     best_dev, _ = train_superb_head(
         head, num_train=len(fold.train), train_targets=targets_for([ex.label for ex in fold.train], task),
-        train_logits=train_logits, dev_score=dev_score if fold.dev else None, hparams=hparams,
-        loss=loss_name(hparams, task), seed=seed, quiet=quiet, description=f"live linear {task.name}",
-        sample_weights=balanced_weights(task, hparams, len(fold.train)),  # as the cached run draws them (KS1)
+        train_logits=train_logits, dev_score=dev_score if fold.dev else None, settings=settings,
+        loss=loss_name(settings, task), seed=seed, quiet=quiet, description=f"live linear {task.name}",
+        sample_weights=balanced_weights(task, settings, len(fold.train)),  # as the cached run draws them (KS1)
     )
     logits = predict(upstream, head, task, fold.test, quiet=quiet, description=f"live test {task.name}")
     return task_score(task.metric, logits, eval_labels([ex.label for ex in fold.test], task)), best_dev

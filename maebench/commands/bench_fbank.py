@@ -1,9 +1,9 @@
 """Time the batched Kaldi filterbank against torchaudio's per-utterance Kaldi fbank.
 
 Makes a batch of speech-like clips (voiced harmonics with a moving pitch, syllable envelopes, noise, pauses),
-computes `maebench.audio.fbank_batch` once for the whole batch and `torchaudio.compliance.kaldi.fbank` once per
-clip, and prints the median time of each (warm-up excluded, the two alternated), the speed-up, the process CPU
-time (a steadier figure on a shared machine) and the largest difference.
+computes `maebench.upstream.frontend.fbank_batch` once for the whole batch and `torchaudio.compliance.kaldi.fbank`
+once per clip, and prints the median time of each (warm-up excluded, the two alternated), the speed-up, the process
+CPU time (a steadier figure on a shared machine) and the largest difference.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic audio (default 0)")
 
 
-def speech_like_batch(batch: int, num_samples: int, sample_rate: int = 16000, seed: int = 0):
+def speech_like_batch(batch: int, num_samples: int, sample_rate: int, seed: int = 0):
     """(batch, num_samples) float32 clips that look like speech to a filterbank, not like white noise.
 
     Each clip has voiced segments (a pitch contour with ~20 decaying harmonics), syllable-rate loudness, a noise
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
     from torchaudio.compliance import kaldi
 
-    from maebench.audio import MAE_AST_FBANK, SSAST_FBANK, fbank_batch
     from maebench.errors import MaebenchError
+    from maebench.upstream.frontend import MAE_AST_FBANK, SSAST_FBANK, fbank_batch
 
     if args.batch < 1 or args.seconds <= 0 or args.repeats < 1:
         raise MaebenchError("bench fbank needs --batch >= 1, --seconds > 0 and --repeats >= 1")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from maebench.distributed import resolve_device
+    from maebench.upstream.frontend import SAMPLE_RATE, frames_to_samples
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if precision == "bf16" else None
-    num_samples = 400 + (frames - 1) * 160  # exactly `frames` Kaldi frames (25 ms window, 10 ms shift)
+    num_samples = frames_to_samples(frames)  # exactly `frames` Kaldi frames (25 ms window, 10 ms shift)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     where = f"cuda ({gpu})" if cuda else f"cpu ({torch.get_num_threads()} thread(s))"
     print(f"maebench bench pretrain: {where}, {size}, {token} tokens, batch {batch}, {frames} frames "
-          f"({num_samples / 16000:.2f} s), {precision}{', compiled' if args.compile else ''}, "
+          f"({num_samples / SAMPLE_RATE:.2f} s), {precision}{', compiled' if args.compile else ''}, "
           f"{steps} timed steps after {warmup} warm-up")
     rows = []
     for label, preset, overrides in models:
@@ -106,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()  # the model and its optimizer state are gone with _time_model's frame
         rows.append(row)
         _print_row(row, batch, peak, num_samples, header=len(rows) == 1)
+    _print_footer(rows, gpu, peak, precision)
+    return 0
+
+
+def _print_footer(rows: list[dict], gpu: str | None, peak: float | None, precision: str) -> None:
+    """MAE-AST (the first row) against each SSAST variant (speed-up, peak-memory saving), then what is not shown."""
     mae = rows[0]
     for other in rows[1:]:
         if mae.get("step_s") and other.get("step_s"):
@@ -113,13 +120,12 @@ def run(args: argparse.Namespace) -> int:
             if mae.get("peak_bytes") and other.get("peak_bytes"):
                 memory = f", {other['peak_bytes'] / mae['peak_bytes']:.1f}x less peak memory"
             print(f"{mae['label']} vs {other['label']}: {other['step_s'] / mae['step_s']:.1f}x faster{memory}")
-    if cuda and not peak and precision != "bf16":
+    if gpu and not peak and precision != "bf16":
         print("MFU not shown: the known peaks are bf16 ones; run with --precision bf16 or pass --peak-tflops")
-    elif cuda and not peak:
+    elif gpu and not peak:
         print(f"MFU not shown: no peak FLOP/s known for {gpu}; pass --peak-tflops")
-    if not cuda:
+    if not gpu:
         print("peak memory and MFU are measured on CUDA only")
-    return 0
 
 
 def _peak_flops(gpu: str | None) -> float | None:

@@ -32,12 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _matches(result, spec: str) -> bool:
+    from maebench.upstream.checkpoint import list_checkpoints
+
     if result.upstream == spec:
         return True
     if result.upstream_path:
         candidate = Path(spec).expanduser()
         return candidate.exists() and Path(result.upstream_path).resolve() in (
-            candidate.resolve(), *candidate.resolve().glob("checkpoints/step_*"))
+            candidate.resolve(), *list_checkpoints(candidate.resolve()))
     return False
 
 

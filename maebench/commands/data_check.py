@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from maebench.downstream.tasks import check_layout
+    from maebench.downstream.datasets import check_layout
     from maebench.errors import MaebenchError
 
     report = check_layout(args.task, args.data, deep=args.deep)

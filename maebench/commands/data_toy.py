@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maebench.downstream.tasks import ALL_TASKS, TASKS, build_toy
+    from maebench.downstream.datasets import ALL_TASKS, TASKS, build_toy
     from maebench.errors import MaebenchError
 
     names = list(TASKS) if args.task == "all" else [args.task]

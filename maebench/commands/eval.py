@@ -36,15 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    from maebench.errors import MaebenchError
+    """`--set KEY=VALUE` items as {KEY: VALUE}; the probe's settings class types and checks them."""
+    from maebench.settings import split_assignment
 
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MaebenchError(f"bad --set {item!r}; write KEY=VALUE, e.g. --set max_steps=500")
-        overrides[key.strip()] = value.strip()
-    return overrides
+    return dict(split_assignment(item, origin="--set", example="max_steps=500") for item in items)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Pretrain MAE-AST or SSAST (no arguments: a tiny MAE-AST on the built-in toy corpus, a few minutes on a CPU).
 
 Settings come from the defaults, then --recipe FILE.yaml, then the flags below, then --set key=value overrides
-(e.g. --set optim.lr=3e-4 --set model.overrides.encoder_layers=6). Re-running the same command on the same run
+(e.g. --set optim.lr=3e-4 --set model.overrides.depth=6). Re-running the same command on the same run
 directory resumes it. Many GPUs or machines: launch the same command with
 `torchrun --nproc_per_node=K [--nnodes=N --node_rank=R --rdzv_endpoint=HOST:PORT] -m maebench pretrain ...`.
 """

@@ -1,18 +1,14 @@
-"""s3prl plugin: any maebench upstream (path or preset) as the s3prl upstream `maebench_local`.
+"""s3prl plugin (an s3prl "expert"): any maebench upstream (path or preset) as the s3prl upstream `maebench_local`.
 
 s3prl finds upstreams only by `getattr(s3prl.hub, name)`, so `register()` sets `s3prl.hub.maebench_local`; after
 that `S3PRLUpstream("maebench_local", path_or_url=CKPT)`, s3prl's `Featurizer`, the legacy runner
-(`run_downstream.py -u maebench_local -k CKPT`) and `s3prl.problem` all see it.
-
-s3prl 0.4.18 cannot even be imported on torchaudio >= 2.9 (`torchaudio.set_audio_backend` and
-`torchaudio.sox_effects` are gone; s3prl issue #575). `install_torchaudio_shim()` restores what the import and
-the legacy runner touch, only where it is missing: a no-op backend selector, a `sox_effects` module whose
-functions explain themselves when called, and `info`/`load` through soundfile when torchcodec is absent.
+(`python -m maebench.s3prl`, i.e. `run_downstream.py -u maebench_local -k CKPT`) and `s3prl.problem` all see it.
+s3prl 0.4.18 needs a torchaudio shim on torchaudio >= 2.9 (`maebench.upstream.torchaudio_compat`), installed here
+before s3prl is imported.
 """
 
 from __future__ import annotations
 
-import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,98 +21,11 @@ from torch import Tensor, nn
 from maebench.errors import MaebenchError
 
 from .interface import Upstream
+from .torchaudio_compat import install_torchaudio_shim
 
-__all__ = ["UPSTREAM_NAME", "MaebenchExpert", "install_torchaudio_shim", "maebench_local", "register"]
+__all__ = ["UPSTREAM_NAME", "MaebenchExpert", "import_s3prl_hub", "maebench_local", "register"]
 
 UPSTREAM_NAME = "maebench_local"
-_FBANK_WINDOW = 400  # samples in one 25 ms fbank frame: nothing shorter yields a frame
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# torchaudio compatibility shim
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _sox_effects_unavailable(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError(
-        "torchaudio.sox_effects was removed in torchaudio 2.9; this s3prl code path needs an older torchaudio "
-        "(maebench's shim only makes s3prl importable)"
-    )
-
-
-class _AudioInfo:
-    """The fields s3prl reads from torchaudio.info's AudioMetaData."""
-
-    def __init__(self, sample_rate: int, num_frames: int, num_channels: int) -> None:
-        self.sample_rate = sample_rate
-        self.num_frames = num_frames
-        self.num_channels = num_channels
-        self.bits_per_sample = 16
-        self.encoding = "PCM_S"
-
-
-def _soundfile_info(path: Any, *args: Any, **kwargs: Any) -> _AudioInfo:
-    import soundfile
-
-    info = soundfile.info(str(path))
-    return _AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
-
-
-def _soundfile_load(
-    path: Any, frame_offset: int = 0, num_frames: int = -1, normalize: bool = True, channels_first: bool = True,
-    *args: Any, **kwargs: Any,
-) -> tuple[Tensor, int]:
-    """torchaudio.load's contract (float32 in [-1, 1], (channels, time)) through soundfile."""
-    import soundfile
-
-    data, rate = soundfile.read(
-        str(path), start=int(frame_offset), frames=int(num_frames), dtype="float32", always_2d=True
-    )
-    wav = torch.from_numpy(data)
-    return (wav.T.contiguous() if channels_first else wav), int(rate)
-
-
-def _has_torchcodec() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torchcodec") is not None
-
-
-def install_torchaudio_shim() -> list[str]:
-    """Patch torchaudio (in this process) with what s3prl 0.4.18 needs and torchaudio >= 2.9 lacks.
-
-    Idempotent; touches nothing that exists. Returns the names it added (empty on an older torchaudio).
-    """
-    import torchaudio
-
-    added: list[str] = []
-    if not hasattr(torchaudio, "set_audio_backend"):
-        torchaudio.set_audio_backend = lambda backend=None: None  # type: ignore[attr-defined]
-        added.append("set_audio_backend")
-    if not hasattr(torchaudio, "get_audio_backend"):
-        torchaudio.get_audio_backend = lambda: "soundfile"  # type: ignore[attr-defined]
-        added.append("get_audio_backend")
-    if not hasattr(torchaudio, "list_audio_backends"):
-        torchaudio.list_audio_backends = lambda: ["soundfile"]  # type: ignore[attr-defined]
-        added.append("list_audio_backends")
-    if "torchaudio.sox_effects" not in sys.modules and not hasattr(torchaudio, "sox_effects"):
-        stub = types.ModuleType("torchaudio.sox_effects")
-        stub.__doc__ = "maebench stub: sox effects are not available on torchaudio >= 2.9"
-        for name in ("apply_effects_tensor", "apply_effects_file", "effect_names", "init_sox_effects",
-                     "shutdown_sox_effects"):
-            setattr(stub, name, _sox_effects_unavailable)
-        sys.modules["torchaudio.sox_effects"] = stub
-        torchaudio.sox_effects = stub  # type: ignore[attr-defined]
-        added.append("sox_effects")
-    if not hasattr(torchaudio, "info"):
-        torchaudio.info = _soundfile_info  # type: ignore[attr-defined]
-        added.append("info")
-    if not _has_torchcodec() and not getattr(torchaudio.load, "_maebench_shim", False):
-        # torchaudio >= 2.9's load needs torchcodec + FFmpeg; s3prl's downstream datasets call it for wav/flac
-        _soundfile_load._maebench_shim = True  # type: ignore[attr-defined]
-        torchaudio.load = _soundfile_load  # type: ignore[assignment]
-        added.append("load")
-    return added
 
 
 def import_s3prl_hub() -> types.ModuleType:
@@ -138,24 +47,12 @@ def import_s3prl_hub() -> types.ModuleType:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _min_samples(upstream: Upstream) -> int:
-    """Fewest samples that give every layer at least one real output frame.
-
-    Windowed models (SSAST) pad each window themselves; token models need one token's frames: for kernel k and
-    stride s frames (k <= s + 1 for the supported geometries), downsample_rate + 400 samples suffice.
-    """
-    ktime = getattr(upstream, "ktime", None)
-    if ktime is not None:  # MAE-AST: one token = ktime fbank frames
-        return _FBANK_WINDOW + (int(ktime) - 1) * 160
-    return int(upstream.downsample_rate) + _FBANK_WINDOW
-
-
 class MaebenchExpert(nn.Module):
     """s3prl UpstreamExpert around a maebench Upstream.
 
     forward(list of unpadded 1-D 16 kHz waves) -> {"hidden_states": [(B, T, D)] * num_layers,
     "last_hidden_state": (B, T, D)}. Waves shorter than the model's minimum are zero-padded to it (and counted as
-    that long), so s3prl's 0.001-0.05 s probes still give a frame per layer.
+    that long: `Upstream.min_input_samples()`), so s3prl's 0.001-0.05 s probes still give a frame per layer.
 
     s3prl expects T = ceil(max_len / downsample_rate) frames, item b valid up to (len_b - 1) // rate + 1; the
     models give whole tokens only (one or two fewer: the 25 ms fbank window, and SSAST's 9 patches per 1 s
@@ -166,7 +63,7 @@ class MaebenchExpert(nn.Module):
     def __init__(self, upstream: Upstream) -> None:
         super().__init__()
         self.upstream = upstream
-        self.min_samples = _min_samples(upstream)
+        self.min_samples = int(upstream.min_input_samples())
 
     def get_downsample_rates(self, key: str | None = None) -> int:
         return int(self.upstream.downsample_rate)

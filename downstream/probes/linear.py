@@ -1,0 +1,134 @@
+"""The `linear` probe (SUPERB): frozen upstream; softmax-weighted layer sum -> Linear(D, 256) -> masked mean over
+time -> Linear(256, C), Adam, the task's SUPERB step budget, model picked on dev. Trained on cached pooled features,
+which gives exactly the frame-level model (see `feature_cache`), so each step costs a few matrix products.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from maebench.downstream.device import few_threads, module_device
+from maebench.downstream.feature_cache import FeatureSet, fold_features
+from maebench.downstream.heads import SuperbHead
+from maebench.downstream.metrics import task_score
+from maebench.downstream.probes.result import ProbeResult
+from maebench.downstream.probes.settings import LinearSettings, resolve_settings, settings_dict
+from maebench.downstream.probes.training import (
+    balanced_weights,
+    epoch_batches,
+    eval_labels,
+    loss_name,
+    soft_target_loss,
+    state_copy,
+    targets_for,
+)
+from maebench.progress import progress_bar
+from maebench.upstream.interface import Upstream
+
+
+def train_superb_head(
+    head: SuperbHead, *, num_train: int, train_targets: Tensor, train_logits: Callable[[Tensor], Tensor],
+    dev_score: Callable[[], float] | None, settings: LinearSettings, loss: str, seed: int, quiet: bool = True,
+    description: str = "linear", sample_weights: Tensor | None = None,
+) -> tuple[float | None, int]:
+    """SUPERB training loop: Adam, `max_steps` updates of `grad_accum` micro-batches, gradient clipping, dev
+    evaluation every `eval_every` updates keeping the best head. Returns (best dev score, its step).
+    `sample_weights` (one per training item) draws batches like s3prl's class-balanced sampler."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr)
+    batches = epoch_batches(num_train, settings.batch_size, generator, sample_weights)
+    max_steps = settings.max_steps
+    eval_every = settings.eval_every or max_steps
+    best: tuple[float | None, int, list | None] = (None, 0, None)
+    head.train()
+    with progress_bar(quiet, unit="steps") as progress:
+        bar = progress.add_task(description, total=max_steps)
+        for step in range(1, max_steps + 1):
+            _update(head, optimizer, batches, train_logits, train_targets, settings, loss)
+            progress.advance(bar)
+            if dev_score is not None and (step % eval_every == 0 or step == max_steps):
+                head.eval()
+                score = dev_score()
+                head.train()
+                if best[0] is None or score > best[0]:
+                    best = (score, step, state_copy(head))
+    if best[2] is not None:
+        head.load_state_dict(best[2][0])
+    head.eval()
+    return best[0], best[1] if best[2] is not None else max_steps
+
+
+def _update(head: SuperbHead, optimizer: torch.optim.Optimizer, batches, train_logits: Callable[[Tensor], Tensor],
+            train_targets: Tensor, settings: LinearSettings, loss: str) -> None:
+    """One optimizer step over `grad_accum` micro-batches, gradients clipped to `grad_clip` (0: not clipped)."""
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(settings.grad_accum):
+        indices = next(batches)
+        logits = train_logits(indices)
+        (soft_target_loss(logits, train_targets[indices].to(logits.device), loss) / settings.grad_accum).backward()
+    if settings.grad_clip:
+        nn.utils.clip_grad_norm_(head.parameters(), settings.grad_clip)
+    optimizer.step()
+
+
+@torch.no_grad()
+def pooled_logits(head: SuperbHead, features: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Logits (N, C) of `head` over cached pooled features (N, L, D), in chunks."""
+    device = module_device(head)
+    out = [head.forward_pooled(torch.from_numpy(np.array(features[i : i + chunk])).to(device)).float().cpu()
+           for i in range(0, len(features), chunk)]
+    return torch.cat(out).numpy()
+
+
+def _train_logits_fn(head: SuperbHead, train: FeatureSet, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """Logits of a batch of training rows; toy and mid-sized splits are read into memory once, large ones are
+    sliced from the memmap per batch (rows sorted, and `indices` sorted in place to match)."""
+    train_x = torch.from_numpy(np.array(train.features)) if train.features.nbytes < 2**31 else None
+
+    def train_logits(indices: Tensor) -> Tensor:
+        if train_x is not None:
+            batch = train_x[indices]
+        else:
+            batch = torch.from_numpy(np.array(train.features[np.sort(indices.numpy())]))
+            indices.copy_(torch.sort(indices).values)
+        return head.forward_pooled(batch.to(device))
+
+    return train_logits
+
+
+def linear_probe(
+    upstream: Upstream, task, fold, *, seed: int = 0, settings: LinearSettings | None = None, quiet: bool = True,
+    cache_options: dict | None = None,
+) -> ProbeResult:
+    """SUPERB linear probe of a frozen upstream on `fold`, trained on cached pooled features."""
+    settings = settings if settings is not None else resolve_settings("linear", task)
+    splits = fold_features(upstream, task, fold, quiet=quiet, cache_options=cache_options)
+    train, dev, test = splits["train"], splits.get("dev"), splits["test"]
+    device = module_device(upstream)
+    torch.manual_seed(seed)
+    head = SuperbHead(train.num_layers, train.features.shape[2], task.num_classes, settings.projector_dim).to(device)
+
+    def dev_score() -> float:
+        return task_score(task.metric, pooled_logits(head, dev.features), eval_labels(dev.labels, task))
+
+    start = time.perf_counter()
+    with few_threads(device):
+        best_dev, best_step = train_superb_head(
+            head, num_train=len(train.keys), train_targets=targets_for(train.labels, task),
+            train_logits=_train_logits_fn(head, train, device), dev_score=dev_score if dev is not None else None,
+            settings=settings, loss=loss_name(settings, task), seed=seed, quiet=quiet,
+            description=f"linear {task.name} {fold.name}",
+            sample_weights=balanced_weights(task, settings, len(train.keys)),
+        )
+        score = task_score(task.metric, pooled_logits(head, test.features), eval_labels(test.labels, task))
+    return ProbeResult(
+        probe="linear", score=score, dev_score=best_dev, layers={"weights": head.rounded_layer_weights()},
+        hparams=settings_dict(settings), timings={"extract_s": sum(s.extract_s for s in splits.values()),
+                                                  "train_s": time.perf_counter() - start},
+        details={"best_step": best_step, "cache_hits": {k: s.hit for k, s in splits.items()}},
+    )

@@ -1,0 +1,158 @@
+"""Typed settings of each probe: the fields, their types and the defaults shared by every task.
+
+Per-task values (budgets, batch sizes, learning rates, with the reference each comes from) are instances of these
+classes in `maebench.downstream.tasks.probe_settings`; `--set key=value` overrides go through the same typed rules
+as the pretraining config (`maebench.settings`). A class default is the value every task shares (or the neutral
+one, e.g. no clipping); a field without a default must be given by each task. results.json records a probe's
+settings as the plain dict of these fields (`settings_dict`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from maebench.errors import MaebenchError
+from maebench.settings import from_mapping, set_field, to_plain
+
+PROBES = ("linear", "finetune", "logreg")
+
+
+@dataclass(kw_only=True)
+class LinearSettings:
+    """SUPERB's utterance-level probe of a frozen upstream. Class defaults: s3prl downstream/*/config.yaml (Adam
+    lr 1e-4, 256-d projector, gradient clipping 1, cross entropy); batch and step budget per task."""
+
+    lr: float = 1e-4
+    optimizer: Literal["adam"] = "adam"
+    batch_size: int
+    grad_accum: int = 1
+    max_steps: int
+    eval_every: int  # dev evaluation interval in updates (0: only after the last one)
+    grad_clip: float = 1.0  # max gradient norm (0: no clipping)
+    projector_dim: int = 256
+    loss: Literal["ce", "bce"] = "ce"  # multi-label tasks always train with "bce"
+    balanced_sampling: bool = False  # draw training items by the task's sample_weights (s3prl's KS1 sampler)
+    source: str = ""  # the reference the task's values come from
+
+
+@dataclass(kw_only=True)
+class StepDecay:
+    """SSAST's MultiStepLR (`lrscheduler_start/step/decay`): times `decay` at epoch `start` and every `step`
+    epochs after."""
+
+    start: int
+    step: int
+    decay: float
+
+
+@dataclass(kw_only=True)
+class FinetuneSettings:
+    """What both fine-tuning recipes share (upstream trainable, Adam, warm-up, SpecAugment, mixup). Neutral class
+    defaults: torch's Adam, no clipping, no augmentation; `fbank_mean` / `fbank_std` record the dataset
+    statistics of the reference recipe."""
+
+    recipe: str
+    optimizer: Literal["adam"] = "adam"
+    lr: float
+    batch_size: int
+    grad_accum: int = 1
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    head_lr_mult: float = 1.0  # the head's lr is lr times this
+    grad_clip: float = 0.0  # max gradient norm (0: no clipping)
+    warmup_steps: int = 0  # linear warm-up over this many updates
+    loss: Literal["ce", "bce"] = "ce"  # multi-label tasks always train with "bce"
+    mixup: float = 0.0  # probability of waveform mixup per item
+    freqm: int = 0  # SpecAugment frequency mask width bound (fbank bins)
+    timem: int = 0  # SpecAugment time mask width bound (fbank frames)
+    noise_augment: bool = False  # SSAST's noise + time roll on the filterbank
+    target_length: int | None = None  # train crop in fbank frames (None: the task's crop)
+    balanced_sampling: bool = False
+    fbank_mean: float | None = None
+    fbank_std: float | None = None
+    source: str = ""
+
+
+@dataclass(kw_only=True)
+class SsastFinetuneSettings(FinetuneSettings):
+    """SSAST's fine-tuning (AS, ESC-50, KS2): epochs, `ft_avgtok` head, MultiStepLR, optional weight averaging.
+    Optimiser defaults from SSAST src/traintest.py: Adam betas (0.95, 0.999), weight decay 5e-7."""
+
+    recipe: Literal["ssast"] = "ssast"
+    betas: tuple[float, float] = (0.95, 0.999)
+    weight_decay: float = 5e-7
+    epochs: int
+    lr_schedule: StepDecay | None = None
+    weight_averaging: tuple[int, int] | None = None  # average the weights of epochs [first, last] (1-based)
+
+
+@dataclass(kw_only=True)
+class SuperbFinetuneSettings(FinetuneSettings):
+    """MAE-AST's SUPERB fine-tuning (KS1, SID, ER through s3prl): the SUPERB head over a trainable upstream, a
+    fixed step budget, gradient clipping 1 (s3prl's default), model picked on dev."""
+
+    recipe: Literal["superb"] = "superb"
+    grad_clip: float = 1.0
+    max_steps: int
+    eval_every: int = 0  # dev evaluation interval in updates (0: once per epoch)
+    projector_dim: int = 256
+
+
+@dataclass(kw_only=True)
+class LogregSettings:
+    """scikit-learn logistic regression per layer; layer and C picked on dev. Class defaults: a log-spaced grid of
+    inverse regularisation strengths and lbfgs's iteration cap."""
+
+    Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    max_iter: int = 1000
+
+
+ProbeSettings = LinearSettings | FinetuneSettings | LogregSettings
+FINETUNE_RECIPES: dict[str, type[FinetuneSettings]] = {"ssast": SsastFinetuneSettings,
+                                                       "superb": SuperbFinetuneSettings}
+
+
+def settings_class(probe: str, recipe: str | None = None) -> type:
+    """The settings class of `probe` (of the fine-tuning `recipe`, default "ssast")."""
+    if probe == "linear":
+        return LinearSettings
+    if probe == "logreg":
+        return LogregSettings
+    if probe == "finetune":
+        recipe = recipe or "ssast"
+        if recipe not in FINETUNE_RECIPES:
+            raise MaebenchError(f"unknown fine-tuning recipe {recipe!r}; use 'ssast' or 'superb'")
+        return FINETUNE_RECIPES[recipe]
+    raise MaebenchError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
+
+
+def settings_from_dict(probe: str, data: Mapping[str, Any] | ProbeSettings, *, origin: str) -> ProbeSettings:
+    """Settings of `probe` from a plain mapping (a task's defaults, a results.json record), parsed by the typed
+    rules; a settings instance passes through (copied)."""
+    if not isinstance(data, Mapping):
+        return copy.deepcopy(data)
+    cls = settings_class(probe, data.get("recipe") if probe == "finetune" else None)
+    return from_mapping(cls, data, origin=origin, kind=f"{probe} setting")
+
+
+def settings_dict(settings: ProbeSettings) -> dict[str, Any]:
+    """The plain dict results.json records (tuples as lists, the schedule as a mapping)."""
+    return to_plain(settings)
+
+
+def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = None, *, origin: str = "--set"
+                     ) -> ProbeSettings:
+    """The task's settings for `probe` with `overrides` applied: `{"lr": "1e-3", "linear.max_steps": 50}` (text
+    or values, coerced to each field's type; a `<probe>.` prefix is allowed). An unknown key is a MaebenchError
+    listing the known ones."""
+    if probe not in PROBES:
+        raise MaebenchError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
+    settings = settings_from_dict(probe, task.probe_defaults.get(probe, {}),
+                                  origin=f"{task.name} {probe} defaults")
+    for key, value in (overrides or {}).items():
+        set_field(settings, key.removeprefix(f"{probe}."), value, origin=origin, kind=f"{probe} setting",
+                  scope=f"{task.name} {probe}")
+    return settings
