@@ -1,4 +1,5 @@
-"""Fine-tuning augmentations as SSAST applies them: SpecAugment (+ its noise) on the filterbank, waveform mixup."""
+"""Fine-tuning augmentations as SSAST applies them (YuanGongND/ssast src/dataloader.py `__getitem__`): SpecAugment on
+the filterbank before normalisation, noise and a time roll after it, and waveform mixup."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from torch import Tensor
 
 class SpecAugment:
     """One frequency mask and one time mask per item (widths uniform in [0, freqm) and [0, timem)), zeroed on the
-    (B, T, F) filterbank before the model's normalisation, as SSAST's data loader does; optional SSAST noise
-    augmentation (uniform noise of a random scale up to 0.1 and a time roll of up to 10 frames).
+    (B, T, F) filterbank before the model's normalisation, as SSAST's data loader does (torchaudio FrequencyMasking /
+    TimeMasking, dataloader.py lines 184-195).
 
+    `noise=True` adds `NoiseRoll` after the masks, for upstreams that take no `input_augment` (the fine-tuning probe
+    installs `NoiseRoll` as `upstream.input_augment` instead, after normalisation, where SSAST adds it).
     Installed as `upstream.fbank_augment` during fine-tuning (see `active`)."""
 
     def __init__(self, freqm: int, timem: int, noise: bool = False):
@@ -36,17 +39,29 @@ class SpecAugment:
         if self.timem > 0:
             keep &= ~self._band(batch, frames, self.timem, fbank.device)[:, :, None]
         fbank = fbank * keep
-        if self.noise:
-            scale = float(torch.rand(())) / 10
-            fbank = fbank + torch.rand_like(fbank) * scale
-            fbank = torch.roll(fbank, int(torch.randint(-10, 10, ())), dims=1)
-        return fbank
+        return NoiseRoll()(fbank) if self.noise else fbank
+
+
+class NoiseRoll:
+    """SSAST's noise augmentation on the normalised (B, T, F) input, drawn per clip as its data loader does per item
+    (dataloader.py lines 204-206): `x + U(0, 1) noise * scale` with scale ~ U(0, 0.1), then a roll along time by an
+    integer shift in [-10, 9] (np.random.randint(-10, 10)), wrapping frames around the clip's input."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        batch, frames, _ = x.shape
+        scale = torch.rand(batch, 1, 1, device=x.device, dtype=x.dtype) / 10
+        x = x + torch.rand_like(x) * scale
+        shifts = torch.randint(-10, 10, (batch, 1), device=x.device)
+        source = (torch.arange(frames, device=x.device)[None, :] - shifts) % frames  # out[t] = x[t - shift]
+        return x.gather(1, source[..., None].expand(-1, -1, x.shape[2]))
 
 
 def mixup(wavs: Tensor, lens: Tensor, targets: Tensor, probability: float, generator: torch.Generator
           ) -> tuple[Tensor, Tensor, Tensor]:
-    """SSAST/AST waveform mixup: each item, with `probability`, is mixed with a random other item of the batch,
-    lambda ~ Beta(10, 10), targets mixed with the same lambda (lengths become the longer of the two)."""
+    """SSAST/AST waveform mixup (dataloader.py `_wav2fbank` with two files): each item, with `probability`, is mixed
+    with a random other item of the batch (the reference draws from the whole training set), lambda ~ Beta(10, 10),
+    targets mixed with the same lambda. The partner is zero-padded or cut to the item's own length, so lengths are
+    unchanged, as in the reference."""
     batch = wavs.shape[0]
     if probability <= 0 or batch < 2:
         return wavs, lens, targets
@@ -54,7 +69,7 @@ def mixup(wavs: Tensor, lens: Tensor, targets: Tensor, probability: float, gener
     partners = torch.randint(0, batch, (batch,), generator=generator)
     lam = torch.distributions.Beta(10.0, 10.0).sample((batch,))
     lam = torch.where(chosen, lam, torch.ones(batch))
-    mixed = lam[:, None] * wavs + (1 - lam[:, None]) * wavs[partners]
+    inside = (torch.arange(wavs.shape[1])[None, :] < lens[:, None]).to(wavs.dtype)
+    mixed = lam[:, None] * wavs + (1 - lam[:, None]) * wavs[partners] * inside
     mixed_targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partners]
-    new_lens = torch.where(chosen, torch.maximum(lens, lens[partners]), lens)
-    return mixed, new_lens, mixed_targets
+    return mixed, lens, mixed_targets

@@ -21,6 +21,8 @@ build_toy = toy.build_toy
 
 def task_root(name: str, root: str | Path | None) -> str | Path:
     """`root` itself, or with None the cached toy root of `name` (built on first use, announced on stderr)."""
+    if name.startswith("hear:"):  # `hear:PATH` names its own folder
+        return root  # type: ignore[return-value]
     check_task_name(name)
     if root is not None:
         return root

@@ -22,6 +22,8 @@ import torch
 from maebench.atomic import write_text_atomic
 from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
+from maebench.downstream.probes.protocol import describe_protocol
+from maebench.downstream.probes.settings import family_defaults, protocol_family
 from maebench.errors import MaebenchError
 from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
 from maebench.upstream.interface import Upstream
@@ -93,8 +95,10 @@ def evaluate(
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
     task = load_task(task_name, data_root)
-    settings = resolve_settings(probe, task, overrides)
     model, identity = resolve_upstream(upstream_spec)
+    family = protocol_family(model)
+    settings = resolve_settings(probe, task, overrides, family=family)
+    protocol = describe_protocol(model, task, probe, settings, family, family_defaults(task, probe, family)[1])
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if num_workers is None:
@@ -112,6 +116,7 @@ def evaluate(
             del run_model
 
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
+    record["protocol"] = protocol
     run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
                           f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
@@ -138,8 +143,9 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
         for key in ("selected_layer", "selected_C"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        if "best_step" in result.details:
-            entry["best_step"] = result.details["best_step"]
+        for key in ("best_step", "selection"):
+            if key in result.details:
+                entry[key] = result.details[key]
         runs.append(entry)
     return {
         "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from maebench.downstream.batching import masked_mean
-from maebench.upstream.interface import Upstream
+from maebench.upstream.interface import Features, Upstream
 
 
 class SuperbHead(nn.Module):
@@ -18,9 +18,12 @@ class SuperbHead(nn.Module):
     means (N, L, D) and gives the same outputs (everything before the pooling is linear per frame).
     """
 
-    def __init__(self, num_layers: int, dim: int, num_classes: int, projector_dim: int = 256):
+    def __init__(self, num_layers: int, dim: int, num_classes: int, projector_dim: int = 256, *,
+                 last_only: bool = False):
         super().__init__()
-        self.layer_logits = nn.Parameter(torch.zeros(num_layers))
+        # last_only: s3prl's `-s last_hidden_state` (the last layer alone, num_layers 1) instead of the weighted sum
+        self.last_only = last_only
+        self.layer_logits = nn.Parameter(torch.zeros(1 if last_only else num_layers))
         self.projector = nn.Linear(dim, projector_dim)
         self.classifier = nn.Linear(projector_dim, num_classes)
 
@@ -34,6 +37,11 @@ class SuperbHead(nn.Module):
     def forward_pooled(self, pooled: Tensor) -> Tensor:
         weights = self.layer_weights().to(pooled.dtype)
         return self.classifier(self.projector((weights[None, :, None] * pooled).sum(dim=1)))
+
+    def forward_features(self, features: Features) -> Tensor:
+        """Logits from an upstream's `Features` (the last layer alone when `last_only`)."""
+        hidden = features.hidden_states[-1:] if self.last_only else features.hidden_states
+        return self.forward_frames(hidden, features.lens)
 
     def forward_frames(self, hidden_states: Sequence[Tensor], lens: Tensor) -> Tensor:
         weights = self.layer_weights()
@@ -56,6 +64,16 @@ class AvgTokHead(nn.Module):
             raise ValueError(f"frame width {dim} is not a multiple of the token width {self.token_dim}")
         self.norm = nn.LayerNorm(self.token_dim)
         self.classifier = nn.Linear(self.token_dim, num_classes)
+
+    def forward_features(self, features: Features) -> Tensor:
+        """Logits from an upstream's `Features`: its `last_hidden_state` averaged over every frame when it has one
+        (SSAST's global input: `v.norm` output, padding tokens included, as finetuningavgtok averages
+        `x[:, cls_token_num:]`, ssast src/models/ast_models.py line 262), else the last layer's valid frames."""
+        last = features.last_hidden_state
+        if last is not None:
+            whole = torch.full((last.shape[0],), last.shape[1], device=last.device, dtype=torch.long)
+            return self.forward_frames([last], whole)
+        return self.forward_frames(features.hidden_states, features.lens)
 
     def forward_frames(self, hidden_states: Sequence[Tensor], lens: Tensor) -> Tensor:
         frames = masked_mean(hidden_states[-1].float(), lens)  # (B, k * token_dim)

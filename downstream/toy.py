@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from maebench.atomic import sweep_stale, temp_sibling
+from maebench.errors import MaebenchError
 from maebench.paths import cache_dir
 from maebench.upstream.frontend import SAMPLE_RATE
 
@@ -341,24 +342,90 @@ def build_toy(name: str, out_dir: str | Path, *, seed: int = 0, speech_backend: 
 def _valid_toy(path: Path) -> bool:
     try:
         return json.loads((path / TOY_MARKER).read_text()).get("version") == TOY_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_toy_root(path: str | Path) -> bool:
+    """A folder the toy builder made, of any toy version (its marker file parses as ours): the only kind of
+    non-empty folder maebench ever replaces."""
+    try:
+        marker = json.loads((Path(path) / TOY_MARKER).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(marker, dict) and {"task", "version"} <= set(marker)
+
+
+def _replace_dir(built: Path, target: Path) -> None:
+    """Put the finished `built` folder at `target`; an old toy there is moved aside first and then deleted, so a
+    kill leaves either toy complete (plus a leftover the next build sweeps), never half of one."""
+    old = None
+    if target.exists():
+        old = temp_sibling(target, "old")
+        target.rename(old)
+    built.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_toy(name: str, target: str | Path, *, seed: int = 0, speech_backend: str = "auto",
+              overwrite: bool = False) -> Path:
+    """Build the toy of `name` at `target` (new, empty, or with `overwrite` an older toy build), atomically.
+
+    A folder holding anything else is refused whatever the flags: it may be the user's real dataset. The build
+    goes to a temporary sibling renamed into place; leftovers of killed builds are swept first.
+    """
+    target = Path(target).expanduser()
+    check_writable_toy_target(target, overwrite=overwrite)
+    for tag in ("tmp", "old"):
+        sweep_stale(target, tag)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(target)
+    try:
+        build_toy(name, tmp, seed=seed, speech_backend=speech_backend)
+        check_writable_toy_target(target, overwrite=overwrite)  # still true after the build (seconds later)?
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def check_writable_toy_target(target: Path, *, overwrite: bool) -> None:
+    """MaebenchError unless `target` is absent, an empty folder, or (with `overwrite`) a toy build of ours."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise MaebenchError(f"{target} exists and is not a folder maebench made; choose another -o")
+    if not any(target.iterdir()):
+        return
+    if not is_toy_root(target):
+        raise MaebenchError(f"{target} is not empty and is not a toy dataset maebench built (no {TOY_MARKER}); it is "
+                            "never replaced, even with --overwrite: choose another -o")
+    if not overwrite:
+        raise MaebenchError(f"{target} already holds a toy dataset; pass --overwrite to rebuild it or choose "
+                            "another -o")
 
 
 def ensure_toy(name: str, announce: Callable[[str], None] = print) -> Path:
     """The cached toy root of `name` (cache_dir()/toy/<name>), built atomically on first use."""
     base = cache_dir() / "toy"
     target = base / TOY_DIR_OF.get(name, name)
+    for tag in ("tmp", "old"):
+        sweep_stale(target, tag)  # left by a build or a swap killed midway
     if _valid_toy(target):
         return target
     announce(f"maebench: building the toy {name} dataset in {target} (first use; no download)")
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(target)
     try:
         build_toy(name, tmp)
         if target.exists() and not _valid_toy(target):
-            shutil.rmtree(target, ignore_errors=True)  # an older toy version
+            if not is_toy_root(target) and any(target.iterdir()):
+                raise MaebenchError(f"{target} is in maebench's cache but is not a toy dataset it built; move it "
+                                    "away and rerun")
+            old = temp_sibling(target, "old")
+            target.rename(old)  # an older toy version
+            shutil.rmtree(old, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:

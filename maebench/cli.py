@@ -29,6 +29,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "fbank": "maebench.commands.bench_fbank",
         "pretrain": "maebench.commands.bench_pretrain",
         "cache": "maebench.commands.bench_cache",
+        "data": "maebench.commands.bench_data",
     },
 }
 

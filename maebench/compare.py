@@ -5,6 +5,11 @@ Only results.json files are read (design rule: reports come from these files alo
 one row; when the same pair was evaluated on a task more than once, the newest result counts. A row is compared
 against the paper row of the same family and tokenizer (inferred from the upstream's preset name or checkpoint
 config, or forced with `reference=`); the paper's numbers are fine-tuned, so a frozen-probe row is expected lower.
+
+Every row shows the protocol each cell used (from results.json "protocol"); a cell whose protocol differs from the
+one behind the paper's number for that column (fine-tuning by the reference family's own recipe,
+`maebench.downstream.probes.protocol`) is marked with † and its differences are listed under the table;
+`strict=True` refuses such cells. Results written before protocols were recorded (0.1.0) read as "unrecorded".
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ PAPER: dict[str, Reference] = {ref.key: ref for ref in (
               {"as20k": 23.0, "esc50": 88.9, "ks2": 98.0, "ks1": 97.3, "sid": 63.3, "er": 62.1}),
 )}
 PAPER_NOTE = "Paper rows: MAE-AST paper (Baade et al., 2022), fine-tuned upstreams; AS-20K is mAP %, others accuracy %."
+PROTOCOL_NOTE = "† protocol differs from the one behind the paper's number for that column:"
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,27 @@ class Result:
     probe: str
     created: str
     toy: bool = False
+    protocol: dict[str, Any] | None = None  # results.json "protocol" (None: not recorded, 0.1.0)
+
+
+def protocol_label(result: Result) -> str:
+    """A short name of a cell's protocol: probe, recipe, input geometry, layer selection, feature layout."""
+    protocol = result.protocol
+    if not protocol:
+        return "unrecorded"
+    fields = protocol.get("fields") or {}
+    parts = [str(protocol.get("probe") or result.probe)]
+    if fields.get("recipe"):
+        parts.append(str(fields["recipe"]))
+    if fields.get("input_geometry") == "global":
+        parts.append(f"global {fields.get('target_length')}f")
+    if fields.get("layers") == "last":
+        parts.append("last layer")
+    if fields.get("feature_layout") == "tokens":
+        parts.append("tokens")
+    if fields.get("dev_holdout") is False:
+        parts.append("no dev")
+    return " ".join(parts)
 
 
 @dataclass
@@ -95,6 +122,21 @@ class Row:
     toy: bool = False
     results: dict[str, Result] = field(default_factory=dict)
     reference: Reference | None = None
+
+    def paper_differences(self, task: str) -> list[str] | None:
+        """How the cell's protocol differs from the paper's for that column of the row's reference (empty: the
+        same; None: no reference number, or no protocol recorded)."""
+        result = self.results.get(task)
+        if self.reference is None or result is None or task not in self.reference.scores or not result.protocol:
+            return None
+        from maebench.downstream.probes.protocol import differences, protocol_fields
+        from maebench.downstream.tasks.probe_settings import probe_settings
+
+        try:  # the reference key names the family and tokenizer: "ssast_frame", "mae_ast_patch_6", ...
+            paper = probe_settings(task, False, self.reference.key.removesuffix("_6"))["finetune"]
+        except KeyError:
+            return None
+        return differences(result.protocol.get("fields") or {}, protocol_fields("finetune", paper))
 
     def delta(self, task: str) -> float | None:
         if self.reference is None or task not in self.results or task not in self.reference.scores:
@@ -148,6 +190,7 @@ def read_result(path: str | Path) -> Result:
         probe=str(probe.get("name") if isinstance(probe, dict) else probe or "?"),
         created=str(data.get("created") or ""),
         toy=toy,
+        protocol=data["protocol"] if isinstance(data.get("protocol"), dict) else None,
     )
 
 
@@ -204,8 +247,9 @@ def infer_reference(upstream: str, family: str, upstream_path: str | None) -> Re
     return None
 
 
-def build_comparison(results: list[Result], reference: str | None = None) -> Comparison:
-    """Rows per (upstream, probe), columns per task (paper order, then others), newest result per cell."""
+def build_comparison(results: list[Result], reference: str | None = None, *, strict: bool = False) -> Comparison:
+    """Rows per (upstream, probe), columns per task (paper order, then others), newest result per cell.
+    `strict`: a MaebenchError naming every cell whose protocol differs from the paper's for its column."""
     if reference is not None and reference not in PAPER:
         raise MaebenchError(f"unknown reference {reference!r}; choose one of {', '.join(PAPER)}")
     probes = {r.probe for r in results}
@@ -223,7 +267,23 @@ def build_comparison(results: list[Result], reference: str | None = None) -> Com
     seen = {r.task for r in results}
     tasks = [t for t in TASK_LABELS if t in seen] + sorted(seen - set(TASK_LABELS))
     used = [ref for ref in PAPER.values() if any(row.reference is ref for row in rows.values())]
-    return Comparison(tasks=tasks, rows=list(rows.values()), references=used or list(PAPER.values()))
+    comparison = Comparison(tasks=tasks, rows=list(rows.values()), references=used or list(PAPER.values()))
+    if strict and protocol_notes(comparison):
+        cells = "; ".join(protocol_notes(comparison))
+        raise MaebenchError(f"cells whose protocol differs from the paper's: {cells}; evaluate them with "
+                            "--probe finetune and the default settings, or compare without --strict")
+    return comparison
+
+
+def protocol_notes(comparison: Comparison) -> list[str]:
+    """"<row> <task>: <differences>" for every cell marked † (protocol differs from the paper's column)."""
+    notes = []
+    for row in comparison.rows:
+        for task in comparison.tasks:
+            diffs = row.paper_differences(task)
+            if diffs:
+                notes.append(f"{row.label} {TASK_LABELS.get(task, task)}: {', '.join(diffs)}")
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -231,10 +291,11 @@ def build_comparison(results: list[Result], reference: str | None = None) -> Com
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _score(result: Result | None) -> str:
+def _score(result: Result | None, marked: bool = False) -> str:
     if result is None:
         return "–"
-    return f"{result.score:.1f} ± {result.std:.1f}" if result.std is not None else f"{result.score:.1f}"
+    text = f"{result.score:.1f} ± {result.std:.1f}" if result.std is not None else f"{result.score:.1f}"
+    return text + " †" if marked else text
 
 
 def _signed(value: float | None) -> str:
@@ -245,7 +306,10 @@ def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     header = ["upstream"] + [TASK_LABELS.get(t, t) for t in comparison.tasks]
     lines: list[list[str]] = []
     for row in comparison.rows:
-        lines.append([row.label] + [_score(row.results.get(t)) for t in comparison.tasks])
+        lines.append([row.label] + [_score(row.results.get(t), bool(row.paper_differences(t)))
+                                    for t in comparison.tasks])
+        lines.append(["  protocol"] + [protocol_label(row.results[t]) if t in row.results else "–"
+                                       for t in comparison.tasks])
         if row.reference is not None:
             lines.append([f"  Δ vs {row.reference.label}"] + [_signed(row.delta(t)) for t in comparison.tasks])
     for ref in comparison.references:
@@ -259,7 +323,8 @@ def render_markdown(comparison: Comparison) -> str:
     header, lines = _table_lines(comparison)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in line) + " |" for line in lines]
-    return "\n".join(out) + f"\n\n{PAPER_NOTE}\n"
+    notes = "".join(f"\n- † {note}" for note in protocol_notes(comparison))
+    return "\n".join(out) + f"\n\n{PAPER_NOTE}\n" + (f"\n{PROTOCOL_NOTE}{notes}\n" if notes else "")
 
 
 def render_csv(comparison: Comparison) -> str:
@@ -281,6 +346,13 @@ def render_csv(comparison: Comparison) -> str:
             result = row.results.get(task)
             values += [fmt(result.score if result else None), fmt(result.std if result else None)]
         writer.writerow(["result", row.upstream, row.probe, int(row.toy), ref, *values])
+        protocols = []  # per task: the protocol's name, then matches / differs: ... / unrecorded
+        for task in comparison.tasks:
+            result, diffs = row.results.get(task), row.paper_differences(task)
+            status = "" if result is None or diffs is None else ("differs: " + "; ".join(diffs) if diffs
+                                                                   else "matches paper")
+            protocols += [protocol_label(result) if result else "", status]
+        writer.writerow(["protocol", row.upstream, row.probe, int(row.toy), ref, *protocols])
         if row.reference is not None:
             deltas = []
             for task in comparison.tasks:
@@ -300,11 +372,13 @@ def render_rich(comparison: Comparison, console: Any = None) -> None:
     from rich.table import Table
 
     header, lines = _table_lines(comparison)
-    table = Table(title="maebench compare", caption=PAPER_NOTE)
+    notes = "".join(f"\n† {note}" for note in protocol_notes(comparison))
+    table = Table(title="maebench compare", caption=PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else ""))
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right")
     for line in lines:
-        style = "dim" if line[0].endswith("(paper)") else ("italic" if line[0].startswith("  Δ") else None)
+        style = "dim" if line[0].endswith("(paper)") or line[0] == "  protocol" else (
+            "italic" if line[0].startswith("  Δ") else None)
         table.add_row(*(escape(cell) for cell in line), style=style)
     (console or Console()).print(table)
 

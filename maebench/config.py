@@ -42,9 +42,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """What a pretraining batch holds (see maebench.pretrain_data and the README's Pretraining section)."""
+
     # None = the built-in toy corpus; else a .tsv manifest, an AST-style .json list or a directory of audio files.
     source: str | None = None
+    # The longest clip: longer files are randomly cropped to it. With batch_length "fixed" also the shortest
+    # (shorter clips are zero-padded): SSAST's fixed input (its target_length frames).
     clip_seconds: float = 1.0
+    # Files shorter than this are skipped. The paper recipes use the public MAE-AST's min_sample_size 32,000
+    # samples = 2 s (config/pretrain/mae_ast.yaml line 30); the default is lower so short clips of your own (and
+    # the tests' 0.56-1 s tones) still train; the toy corpus (2-4 s clips) never meets it.
+    min_seconds: float = 0.5
+    # "shortest": crop every clip of a batch to the batch's shortest (no padding; MAE-AST, pad_audio: false in
+    # config/pretrain/mae_ast.yaml line 33); "fixed": crop or zero-pad to clip_seconds (SSAST's dataloader);
+    # "auto": the model family's own way (shortest for mae_ast_*, fixed for ssast_*).
+    batch_length: Literal["auto", "shortest", "fixed"] = "auto"
+    # With "shortest": build batches from clips of similar recorded length (needs a .tsv manifest's lengths;
+    # fairseq's size-sorted batching in the public code). Off in the demo, whose clips all exceed clip_seconds.
+    bucket: bool = False
+    # Decoding workers: processes for the "torch" loader (a DataLoader), threads for "fairseq2" (fairseq2's C++
+    # pipeline in the training process; the `fairseq2` extra). Both deliver the same batches (maebench.fairseq2_data);
+    # `maebench bench data` measures which is faster on a machine.
+    loader: Literal["torch", "fairseq2"] = "torch"
     num_workers: int = 1
 
 
@@ -78,6 +97,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     keep_last: int = 2
+    tensorboard: bool = False  # also write the metrics as TensorBoard events to RUN/tensorboard/ (needs tensorboard)
 
 
 @dataclass
@@ -95,9 +115,17 @@ class PretrainConfig:
         return Path("runs") / "pretrain" / f"{self.model.name}-{self.model.size}"
 
 
+def batch_length(cfg: PretrainConfig) -> str:
+    """ "shortest" or "fixed": `data.batch_length`, with "auto" resolved by the model family."""
+    if cfg.data.batch_length != "auto":
+        return cfg.data.batch_length
+    return "fixed" if cfg.model.name.startswith("ssast") else "shortest"
+
+
 # Fields that change how a run is observed or stored, not what it computes: editing them keeps the run resumable.
 _OPERATIONAL_FIELDS = {
     "run_dir", "data.num_workers", "train.compile", "train.log_every", "train.ckpt_every", "train.keep_last",
+    "data.loader", "train.tensorboard",  # both loaders deliver the same batches: switching keeps a run resumable
 }
 
 
@@ -192,12 +220,15 @@ def validate(cfg: PretrainConfig) -> None:
             raise MaebenchError(f"{key}={value} must be positive: set it with --set {key}=...")
     non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
                     "optim.clip_grad_norm": o.clip_grad_norm, "optim.end_lr": o.end_lr, "data.num_workers":
-                    cfg.data.num_workers, "optim.eps": o.eps}
+                    cfg.data.num_workers, "optim.eps": o.eps, "data.min_seconds": cfg.data.min_seconds}
     for key, value in non_negative.items():
         if value < 0:
             raise MaebenchError(f"{key}={value} must not be negative: set it with --set {key}=...")
     if cfg.data.clip_seconds < 0.2:  # a 16x16 patch needs 16 fbank frames = 0.175 s
         raise MaebenchError(f"data.clip_seconds={cfg.data.clip_seconds} is too short for a 16-frame patch: use >= 0.2")
+    if batch_length(cfg) == "shortest" and cfg.data.min_seconds < 0.2:  # the batch is as long as its shortest clip
+        raise MaebenchError(f"data.min_seconds={cfg.data.min_seconds} lets a batch shrink below one 16-frame patch "
+                            "(batches are cropped to their shortest clip): use >= 0.2")
 
 
 # ---------------------------------------------------------------------------------------------------- internals

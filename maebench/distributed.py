@@ -50,6 +50,30 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
     return torch.device("cpu")
 
 
+def check_device(spec: str) -> torch.device:
+    """A `--device` value as a torch.device that exists here; a one-line MaebenchError otherwise (a bad name, CUDA
+    without a visible GPU, a GPU index past the last one) instead of a traceback from deep inside a run."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise MaebenchError(f"--device {spec!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MaebenchError(f"--device {spec} but no CUDA GPU is visible: use --device cpu (or leave --device out)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MaebenchError(f"--device {spec}: only {torch.cuda.device_count()} CUDA GPU(s) visible "
+                                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu" and not _backend_available(device.type):
+        raise MaebenchError(f"--device {spec}: no {device.type} device is available here; use --device cpu")
+    return device
+
+
+def _backend_available(kind: str) -> bool:
+    module = getattr(torch, kind, None) or getattr(torch.backends, kind, None)
+    available = getattr(module, "is_available", None)
+    return bool(available and available())
+
+
 def setup(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     """Join the process group when torchrun launched us (and there is more than one process)."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:

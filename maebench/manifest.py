@@ -18,6 +18,7 @@ from maebench.errors import MaebenchError
 from maebench.progress import track
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+_UNLISTABLE = set("\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # tab, and what str.splitlines() breaks at
 _HOW_TO_MAKE = "write one with `maebench data manifest DIR -o FILE.tsv`"
 
 
@@ -89,6 +90,12 @@ def write_manifest(
     files = _find_files(root, extensions)
     if not files:
         raise MaebenchError(f"no audio files ({', '.join(extensions)}) under {root}; point at a folder that has some")
+    unlistable = [file for file in files if _UNLISTABLE & set(file.relative_to(root).as_posix())]
+    if unlistable:  # the .tsv format has no escaping: such a line would be misread by every manifest reader
+        shown = ", ".join(repr(file.relative_to(root).as_posix()) for file in unlistable[:3])
+        print(f"left out {len(unlistable)} file(s) whose names contain a tab or line break, which a .tsv manifest "
+              f"cannot hold (rename them to include them): {shown}{' ...' if len(unlistable) > 3 else ''}")
+        files = [file for file in files if file not in set(unlistable)]
     entries: list[tuple[str, int]] = []
     skipped: list[Path] = []
     for file in track(files, "reading headers", quiet=not progress, unit="files"):
@@ -135,14 +142,27 @@ def read_json_list(path: str | Path) -> list[AudioItem]:
 
 
 def _find_files(directory: Path, extensions: Sequence[str]) -> list[Path]:
+    """Audio files under `directory`, sorted, following symlinks but each real folder and file once (a link loop
+    such as `sub -> .` would otherwise list every file again at each level)."""
     if not directory.is_dir():
         raise MaebenchError(f"audio directory {directory} does not exist; check the path")
     suffixes = tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
-    found = []
+    found: dict[str, Path] = {}  # real path -> the first path (in sorted walk order) that reaches it
+    seen_folders: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(directory, followlinks=True):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found.extend(Path(folder) / name for name in names if name.lower().endswith(suffixes))
-    return sorted(found)
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen_folders:
+            subfolders[:] = []
+            continue
+        seen_folders.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(names):
+            path = Path(folder) / name
+            if name.lower().endswith(suffixes):
+                real = os.path.realpath(path)
+                if real not in found or (found[real].is_symlink() and not path.is_symlink()):
+                    found[real] = path  # reached by several paths: the file itself rather than a link to it
+    return sorted(found.values())
 
 
 def find_audio(directory: str | Path, *, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[AudioItem]:

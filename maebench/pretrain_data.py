@@ -1,12 +1,24 @@
-"""Pretraining batches: fixed-length 16 kHz clips, sharded across ranks, resumable at any batch.
+"""Pretraining batches: 16 kHz clips, sharded across ranks, resumable at any batch, never padded for MAE-AST.
 
-Determinism is the point. The epoch's order is a permutation seeded by (seed, epoch) and every crop offset is a
-pure function of (seed, epoch, index), so a run resumed at (epoch, batch_in_epoch) sees exactly the batches an
-uninterrupted run would have seen, whatever the number of workers. Workers only decode, mix to mono, resample and
-crop or pad; the filterbank runs batched on the training device.
+Two ways to shape a batch (`data.batch_length`, resolved per model family by `maebench.config.batch_length`):
+- "shortest" (MAE-AST, as the public code: mae_ast_dataset.py `collater` with `pad_audio: false`): every clip of
+  a batch is randomly cropped to the batch's shortest clip (at most `clip_seconds`), so no batch holds padding and
+  the model never learns from silence it was not given. Clips under `min_seconds` are dropped (the public
+  `min_sample_size: 32000`, config/pretrain/mae_ast.yaml line 30). With `bucket`, batches are cut from the epoch's
+  clips sorted by length, then shuffled (fairseq's `ordered_indices` + `batch_by_size`), so a batch crops little.
+- "fixed" (SSAST, its authors' dataloader): every clip is cropped or zero-padded to `clip_seconds`.
 
-Bad files (unreadable, corrupt, empty, too short) never stop a run: the dataset hands them back as skipped and
-`collate_clips` drops them, so the trainer can count them and name the first few.
+Determinism is the point. The epoch's order is a pure function of (seed, epoch, lengths) and every crop offset a
+pure function of (seed, epoch, index, length), so a run resumed at (epoch, batch_in_epoch) sees exactly the
+batches an uninterrupted run would have seen, whatever the number of workers. Workers only decode, mix to mono,
+resample and crop or pad (a whole batch is read and collated in one worker); the filterbank runs batched on the
+training device.
+
+These rules (`batch_plan`, `checked_clip`, `CollateClips`) are the only ones: `maebench.fairseq2_data` (`--loader
+fairseq2`) decodes with fairseq2's pipeline instead of DataLoader workers and delivers the same batches.
+
+Bad files (unreadable, corrupt, empty, too short) never stop a run: the dataset hands them back as skipped and the
+collate step drops them, so the trainer can count them and name the first few.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maebench import manifest
+from maebench.config import PretrainConfig, batch_length
 from maebench.errors import MaebenchError
 from maebench.manifest import AudioItem
 from maebench.upstream.frontend import SAMPLE_RATE
@@ -28,16 +42,22 @@ from maebench.upstream.frontend import SAMPLE_RATE
 __all__ = [
     "AudioItem",
     "ClipBatch",
+    "CollateClips",
     "PretrainClips",
     "ResumableBatchSampler",
+    "batch_plan",
     "build_pretrain_loader",
-    "collate_clips",
+    "bucket_lengths",
+    "checked_clip",
     "list_audio",
+    "loader_options",
 ]
 
 # Distinct tags keep the order stream and the crop stream independent even when their other seeds coincide.
 _ORDER_STREAM = 0
 _CROP_STREAM = 1
+_BATCH_STREAM = 2
+MIN_SAMPLES = 400  # one 25 ms fbank frame: shorter files are skipped whatever data.min_seconds says
 
 
 def list_audio(source: str | Path | None, *, quiet: bool = False) -> list[AudioItem]:
@@ -64,36 +84,37 @@ def crop_offset(num_samples: int, clip_samples: int, *, seed: int, epoch: int, i
 
 
 class PretrainClips(Dataset):
-    """Item (index, epoch) -> (clip[clip_samples] float32 16 kHz, valid length, None) or (zeros, 0, path) if bad."""
+    """Item (index, epoch) -> (whole decoded clip float32 16 kHz mono, (index, epoch), None), or
+    (empty, (index, epoch), path) for a bad file: unreadable, non-finite or under `min_samples`."""
 
-    def __init__(self, items: Sequence[AudioItem], clip_samples: int, seed: int = 0, min_samples: int = 400):
-        if clip_samples <= 0:
-            raise ValueError(f"clip_samples must be positive, got {clip_samples}")
+    def __init__(self, items: Sequence[AudioItem], min_samples: int = MIN_SAMPLES):
         self.items = list(items)
-        self.clip_samples = int(clip_samples)
-        self.seed = int(seed)
-        self.min_samples = int(min_samples)
+        self.min_samples = max(int(min_samples), MIN_SAMPLES)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int, str | None]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, tuple[int, int], str | None]:
         index, epoch = key
         path = self.items[index].path
         try:
             wav = _read_audio(path)
         except Exception:  # whatever the decoder raised, a bad file is reported, never fatal mid-run
-            return self._bad(path)
-        if wav.ndim != 1 or wav.numel() < self.min_samples or not bool(torch.isfinite(wav).all()):
-            return self._bad(path)
-        clip = torch.zeros(self.clip_samples, dtype=torch.float32)
-        start = crop_offset(wav.numel(), self.clip_samples, seed=self.seed, epoch=epoch, index=index)
-        piece = wav[start : start + self.clip_samples].to(torch.float32)
-        clip[: piece.numel()] = piece
-        return clip, piece.numel(), None
+            wav = None
+        return checked_clip(wav, (index, epoch), str(path), self.min_samples)
 
-    def _bad(self, path) -> tuple[Tensor, int, str]:
-        return torch.zeros(self.clip_samples, dtype=torch.float32), 0, str(path)
+
+_EMPTY = torch.zeros(0, dtype=torch.float32)
+
+
+def checked_clip(
+    wav: Tensor | None, key: tuple[int, int], path: str, min_samples: int
+) -> tuple[Tensor, tuple[int, int], str | None]:
+    """The one rule for a bad file, whichever loader decoded it: no waveform (unreadable), not 1-D, under
+    `min_samples` or non-finite -> (empty, key, path); else (float32 clip, key, None)."""
+    if wav is None or wav.ndim != 1 or wav.numel() < min_samples or not bool(torch.isfinite(wav).all()):
+        return _EMPTY, key, path
+    return wav.to(torch.float32), key, None
 
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -101,8 +122,14 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Each epoch is a permutation seeded by (seed, epoch), cut (drop_last) or wrapped around (not drop_last) to a
     whole number of global batches of batch_size * world_size, so every rank gets the same number of batches
-    (DDP would hang otherwise). Global batch b holds permutation entries [b * B * W, (b + 1) * B * W); rank r takes
-    its r-th slice of B. One pass of `iter` covers the rest of the current epoch; moving on is the caller's call.
+    (DDP would hang otherwise). Global batch b holds entries [b * B * W, (b + 1) * B * W) of the epoch's order;
+    rank r takes its r-th slice of B. One pass of `iter` covers the rest of the current epoch; moving on is the
+    caller's call.
+
+    With `lengths` (one per item), the epoch's clips (those the permutation keeps) are sorted by length, ties in
+    permutation order, cut into global batches, and the batches shuffled by (seed, epoch): fairseq's bucketing
+    (`ordered_indices` sorts by size with random ties; `batch_by_size` cuts consecutive runs; the epoch iterator
+    shuffles the batches), here with a fixed clip count per batch. Ranks then get clips of similar length too.
     """
 
     def __init__(
@@ -114,6 +141,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        lengths: Sequence[int] | None = None,
     ):
         if batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(f"bad sharding: batch_size={batch_size}, rank={rank}, world_size={world_size}")
@@ -123,12 +151,15 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
                 f"only {num_items} clips for a batch of {batch_size} x {world_size} rank(s); "
                 "use a smaller batch size or more data"
             )
+        if lengths is not None and len(lengths) != num_items:
+            raise ValueError(f"{len(lengths)} lengths for {num_items} items")
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self.epoch = 0
         self.batch_in_epoch = 0
 
@@ -155,7 +186,12 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         order = np.random.default_rng([self.seed, epoch, _ORDER_STREAM]).permutation(self.num_items)
         if total > order.size:  # not drop_last: wrap around so the last global batch is full
             order = np.resize(order, total)
-        order = order[:total].reshape(num_batches, self.world_size, self.batch_size)
+        order = order[:total]  # the clips dropped by drop_last are random ones, whatever their length
+        if self.lengths is not None:
+            order = order[np.argsort(self.lengths[order], kind="stable")]
+        order = order.reshape(num_batches, self.world_size, self.batch_size)
+        if self.lengths is not None:
+            order = order[np.random.default_rng([self.seed, epoch, _BATCH_STREAM]).permutation(num_batches)]
         return order[:, self.rank, :]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -169,7 +205,10 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
 
 @dataclass
 class ClipBatch:
-    """A padded batch of good clips (wavs[B, N] float32, lens[B] valid samples) and the paths of dropped bad items."""
+    """A batch of good clips (wavs[B, N] float32, lens[B] valid samples) and the paths of dropped bad items.
+
+    Cropped to the shortest clip, every lens equals N; padded to a fixed length, clips shorter than N are zero
+    after lens."""
 
     wavs: Tensor
     lens: Tensor
@@ -183,18 +222,53 @@ class ClipBatch:
         return self.wavs.shape[0]
 
 
-def collate_clips(samples: Sequence[tuple[Tensor, int, str | None]]) -> ClipBatch:
-    """Stack the good clips; bad ones (error path set) are dropped and listed in `skipped`."""
-    if not samples:
-        raise ValueError("collate_clips got an empty batch")
-    good = [(wav, length) for wav, length, error in samples if error is None]
-    skipped = [error for _, _, error in samples if error is not None]
-    if good:
-        wavs = torch.stack([wav for wav, _ in good])
-    else:
-        wavs = torch.zeros(0, samples[0][0].shape[-1], dtype=torch.float32)
-    lens = torch.tensor([length for _, length in good], dtype=torch.long)
-    return ClipBatch(wavs, lens, skipped)
+@dataclass(frozen=True)
+class CollateClips:
+    """The collate step: drop bad items, then crop (and, for a fixed length, zero-pad) every clip to one length.
+
+    `crop_to_shortest`: that length is the batch's shortest good clip, at most `clip_samples` (MAE-AST);
+    otherwise it is `clip_samples` (SSAST). Each crop offset is `crop_offset(len, length, seed, epoch, index)`.
+    A plain picklable object, so DataLoader workers can run it.
+    """
+
+    clip_samples: int
+    seed: int = 0
+    crop_to_shortest: bool = False
+
+    def __call__(self, samples: Sequence[tuple[Tensor, tuple[int, int], str | None]]) -> ClipBatch:
+        if not samples:
+            raise ValueError("collate got an empty batch")
+        good = [(wav, key) for wav, key, error in samples if error is None]
+        skipped = [error for _, _, error in samples if error is not None]
+        length = self.clip_samples
+        if self.crop_to_shortest and good:
+            length = min(length, min(wav.numel() for wav, _ in good))
+        wavs = torch.zeros(len(good), length, dtype=torch.float32)
+        lens = torch.zeros(len(good), dtype=torch.long)
+        for row, (wav, (index, epoch)) in enumerate(good):
+            start = crop_offset(wav.numel(), length, seed=self.seed, epoch=epoch, index=index)
+            piece = wav[start : start + length]
+            wavs[row, : piece.numel()] = piece
+            lens[row] = piece.numel()
+        return ClipBatch(wavs, lens, skipped)
+
+
+def bucket_lengths(items: Sequence[AudioItem], clip_samples: int) -> list[int] | None:
+    """Sort keys for bucketing: each clip's recorded length capped at `clip_samples` (the public code sizes clips
+    as min(size, max_sample_size): mae_ast_dataset.py `size`); None when any item's length is unknown.
+
+    Lengths are counted at each file's own rate, as in a fairseq manifest: a corpus mixing rates buckets less
+    tightly (the crop to the shortest clip still removes all padding)."""
+    if not items or any(item.num_samples is None for item in items):
+        return None
+    return [min(int(item.num_samples), clip_samples) for item in items]  # type: ignore[arg-type]
+
+
+def loader_options(cfg: PretrainConfig) -> dict[str, Any]:
+    """The data settings of `cfg` as `build_pretrain_loader` keywords (batch length resolved per model family)."""
+    data = cfg.data
+    return {"clip_seconds": data.clip_seconds, "min_seconds": data.min_seconds,
+            "crop_to_shortest": batch_length(cfg) == "shortest", "bucket": data.bucket}
 
 
 def build_pretrain_loader(
@@ -204,6 +278,9 @@ def build_pretrain_loader(
     batch_size: int,
     num_workers: int,
     seed: int,
+    min_seconds: float = 0.0,
+    crop_to_shortest: bool = False,
+    bucket: bool = False,
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -212,20 +289,46 @@ def build_pretrain_loader(
 ) -> DataLoader:
     """A DataLoader of ClipBatch for this rank, from (epoch, batch_in_epoch) to the end of that epoch.
 
+    Clips are at most `clip_seconds` long (random crops); files under `min_seconds` are skipped. Batches are
+    cropped to their shortest clip (`crop_to_shortest`) or cropped/padded to `clip_seconds`; `bucket` groups clips
+    of similar recorded length when cropping to the shortest and every length is known (a .tsv manifest).
     The trainer counts the batches it takes and rebuilds the loader for the next epoch or on resume; the sampler
     is reachable as `loader.batch_sampler` (e.g. for `batches_per_epoch()`).
     """
-    clip_samples = round(clip_seconds * SAMPLE_RATE)
-    if clip_samples <= 0:
-        raise MaebenchError(f"clip length {clip_seconds} s is too short; use a positive data.clip_seconds")
-    dataset = PretrainClips(items, clip_samples, seed=seed)
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size)
-    sampler.set_position(epoch, batch_in_epoch)
+    sampler, collate = batch_plan(items, clip_seconds=clip_seconds, batch_size=batch_size, seed=seed,
+                                  crop_to_shortest=crop_to_shortest, bucket=bucket, rank=rank,
+                                  world_size=world_size, epoch=epoch, batch_in_epoch=batch_in_epoch)
     return DataLoader(
-        dataset,
+        PretrainClips(items, min_samples=round(min_seconds * SAMPLE_RATE)),
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_clips,
+        collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def batch_plan(
+    items: Sequence[AudioItem],
+    *,
+    clip_seconds: float,
+    batch_size: int,
+    seed: int,
+    crop_to_shortest: bool = False,
+    bucket: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    batch_in_epoch: int = 0,
+) -> tuple[ResumableBatchSampler, CollateClips]:
+    """Which clips go in which batch (the sampler, positioned) and how a batch is cut (the collate step): the
+    rules every loader shares, so the torch and fairseq2 loaders deliver the same batches."""
+    clip_samples = round(clip_seconds * SAMPLE_RATE)
+    if clip_samples <= 0:
+        raise MaebenchError(f"clip length {clip_seconds} s is too short; use a positive data.clip_seconds")
+    lengths = bucket_lengths(items, clip_samples) if bucket and crop_to_shortest else None
+    sampler = ResumableBatchSampler(
+        len(items), batch_size, seed=seed, rank=rank, world_size=world_size, lengths=lengths
+    )
+    sampler.set_position(epoch, batch_in_epoch)
+    return sampler, CollateClips(clip_samples, seed=seed, crop_to_shortest=crop_to_shortest)

@@ -14,15 +14,19 @@ directory rules (resume, refuse, overwrite) live here too because they are decis
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import random
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from maebench.errors import MaebenchError
 from maebench.upstream import checkpoint as layout
@@ -30,12 +34,14 @@ from maebench.upstream.checkpoint import (
     METRICS_FILE,
     RUN_CHECKPOINTS,
     RUN_CONFIG_FILE,
+    RUN_LOCK_FILE,
     STAGING_PREFIX,
     TRAINER_FILE,
     fsync_path,
 )
 
 FORMAT = "maebench-trainer"
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: TensorBoard events of the metrics (train.tensorboard)
 FORMAT_VERSION = 1
 
 
@@ -103,10 +109,12 @@ def save_checkpoint(
     world_size: int,
     provenance: dict[str, Any] | None = None,
     keep_last: int | None = None,
+    cpu_threads: int | None = None,
 ) -> Path:
     """Write `checkpoints/step_XXXXXXXX/` atomically (stage, then rename), then keep only the newest `keep_last`.
 
-    `rng` holds one capture_rng() per rank (rank order). Call on one process only (rank 0).
+    `rng` holds one capture_rng() per rank (rank order); `cpu_threads` the CPU intra-op thread count (reused on
+    resume). Call on one process only (rank 0).
     """
     from maebench.upstream import save_upstream
 
@@ -124,7 +132,7 @@ def save_checkpoint(
             "format": FORMAT, "format_version": FORMAT_VERSION, "step": state.step, "epoch": state.epoch,
             "batch_in_epoch": state.batch_in_epoch, "skipped": list(state.skipped), "num_skipped": state.num_skipped,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-            "config_hash": config_hash, "world_size": world_size,
+            "config_hash": config_hash, "world_size": world_size, "cpu_threads": cpu_threads,
         }
         _write_durably(stage / TRAINER_FILE, trainer)
         fsync_path(stage)
@@ -197,19 +205,21 @@ class RunDirDecision:
     messages: list[str]  # what was decided, for the user
 
 
-def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: bool) -> RunDirDecision:
-    """Apply the run-directory rules (rank 0 only: --overwrite deletes files).
+def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: bool,
+                   config: Any = None) -> RunDirDecision:
+    """Apply the run-directory rules (rank 0 only, holding the run's lock: --overwrite deletes files).
 
+    - a folder with files maebench did not write and no checkpoint: refused, whatever the flags (check_run_dir);
     - no checkpoints: fresh start;
     - checkpoints of the same resolved config: resume (re-running a command continues it);
     - checkpoints of a different config: refused unless --resume (continue with the new config, e.g. more steps)
-      or --overwrite (delete this run's checkpoints, metrics and config, nothing else, and start again).
+      or --overwrite (delete this run's checkpoints, metrics and config, nothing else, and start again). The
+      refusal lists the settings that differ from RUN/config.yaml when `config` (the new PretrainConfig) is given.
     """
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise MaebenchError("--resume and --overwrite contradict each other: choose one")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise MaebenchError(f"run directory {run_dir} is a file: choose another --run-dir")
+    check_run_dir(run_dir)
     remove_stale_staging(run_dir)
     latest = layout.latest_checkpoint(run_dir, resumable=True)
     if overwrite:
@@ -225,9 +235,118 @@ def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: 
     if resume:
         return RunDirDecision(latest, [f"resuming from {latest} with a changed config (--resume)"])
     raise MaebenchError(
-        f"run directory {run_dir} holds checkpoints of a different configuration (see its {RUN_CONFIG_FILE}): "
+        f"run directory {run_dir} holds checkpoints of a different configuration ({_differences(run_dir, config)}): "
         "pass --resume to continue it with this config, --overwrite to start over, or choose another --run-dir"
     )
+
+
+def _differences(run_dir: Path, config: Any, shown: int = 4) -> str:
+    """`key: old -> new` for the settings that differ from the run's config.yaml (what a run computes only)."""
+    from maebench.config import _OPERATIONAL_FIELDS, diff, from_dict
+
+    where = f"see its {RUN_CONFIG_FILE}"
+    if config is None:
+        return where
+    try:
+        saved = from_dict(yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text()), origin=RUN_CONFIG_FILE)
+    except (OSError, yaml.YAMLError, MaebenchError):
+        return where
+    lines = [line for line in diff(saved, config) if line.split(":")[0] not in _OPERATIONAL_FIELDS]
+    if not lines:
+        return where
+    more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
+    return f"{'; '.join(lines[:shown])}{more}; {where}"
+
+
+# ---------------------------------------------------------------------------------------------------- ownership, lock
+
+_RUN_SECTIONS = {"model", "data", "optim", "train", "run_dir"}
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory is new, empty, or a maebench run: one with a resumable checkpoint (the rules above then
+    apply), or holding only what `maebench pretrain` writes. Anything else may be the user's files: refused,
+    whatever the flags, because a run would overwrite or (with --overwrite) delete its config.yaml/metrics.jsonl."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MaebenchError(f"run directory {run_dir} is a file: choose another --run-dir")
+    if not run_dir.is_dir() or layout.latest_checkpoint(run_dir, resumable=True) is not None:
+        return
+    foreign = [path.name for path in sorted(run_dir.iterdir()) if not _written_by_pretrain(path)]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise MaebenchError(
+            f"run directory {run_dir} holds files maebench pretrain did not write ({', '.join(foreign[:3])}{more}): "
+            "a run directory must be new, empty or a maebench run; choose another --run-dir"
+        )
+
+
+def _written_by_pretrain(path: Path) -> bool:
+    """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
+    try:
+        if path.name == RUN_LOCK_FILE:
+            return path.is_file()
+        if path.name == RUN_CHECKPOINTS:
+            return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
+                                         for p in path.iterdir())
+        if path.name == TENSORBOARD_DIR:  # only TensorBoard event files, as SummaryWriter names them
+            return path.is_dir() and all(p.is_file() and p.name.startswith("events.out.tfevents.")
+                                         for p in path.iterdir())
+        if path.name == RUN_CONFIG_FILE:  # a resolved config: every section and run_dir (a recipe has no run_dir)
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and set(data) == _RUN_SECTIONS
+        if path.name == METRICS_FILE:  # records with a step and a loss (the last line may be cut by a kill)
+            return _metrics_records(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return False
+    return False
+
+
+def _metrics_records(lines: list[str]) -> bool:
+    """Whether `lines` are metrics.jsonl records ({"step", "loss", ...}), at least one, the last maybe cut short."""
+    lines = [line for line in lines if line.strip()]
+    records = 0
+    for number, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines) - 1:
+                break
+            return False
+        if not (isinstance(record, dict) and {"step", "loss"} <= set(record)):
+            return False
+        records += 1
+    return records > 0
+
+
+class RunLock:
+    """An exclusive lock on a run directory (flock on RUN/.lock), so two runs never write the same directory.
+
+    The OS drops it when the holder exits or dies (no stale lock after a crash or kill -9); the file keeps the
+    holder's pid and host for the refusal message. Under torchrun only rank 0 takes it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / RUN_LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            os.close(fd)
+            who = f"pid {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else "another process"
+            raise MaebenchError(f"run directory {self.path.parent} is in use by another maebench pretrain ({who}): "
+                                "wait for it to finish, or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        """Drop the lock (also done by the OS when the process ends)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def delete_run_outputs(run_dir: Path) -> list[str]:
@@ -249,6 +368,10 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)
+    events = run_dir / TENSORBOARD_DIR
+    if events.is_dir() and _written_by_pretrain(events):  # never a folder of the user's that shares the name
+        shutil.rmtree(events)
+        deleted.append(TENSORBOARD_DIR)
     return deleted
 
 

@@ -6,17 +6,28 @@ Arguments are those of s3prl's `run_downstream.py`; `-u maebench_local` is impli
 `maebench.upstream.load` accepts (checkpoint or run directory, official SSAST/MAE-AST file, preset), `-g FILE` a YAML
 mapping of load options (e.g. `window_secs: 6.0`). `--device cpu` is implied without CUDA. The pip package of s3prl
 does not ship the downstream `config.yaml` files, so pass `-c` (from the s3prl repository) unless `-e` resumes.
+
+Two repairs for s3prl's SUPERB downstreams: a missing module a downstream imports (catalyst for speech_commands,
+librosa for voxceleb1) is a one-line error with the install line, and voxceleb1's file-list cache, which s3prl keeps
+in its own package folder and reuses for any later dataset, is keyed by the dataset root and split file instead
+(`<maebench cache>/s3prl/voxceleb1/<key>/`), so a second copy of the data never gets the first one's paths.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from maebench.errors import MaebenchError
 
 _HELP = ("-h", "--help")
+# modules s3prl's downstream experts import that s3prl itself does not install (the `s3prl` extra does)
+_DOWNSTREAM_NEEDS = {"speech_commands": ("catalyst",), "voxceleb1": ("librosa",), "sv_voxceleb1": ("librosa",),
+                     "voxceleb2_ge2e": ("librosa",)}
 
 
 def _value(argv: list[str], *flags: str) -> str | None:
@@ -58,6 +69,41 @@ def runner_arguments(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def check_downstream_modules(downstream: str | None) -> None:
+    """MaebenchError with the install line when a module the downstream expert imports is missing."""
+    missing = [m for m in _DOWNSTREAM_NEEDS.get(downstream or "", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MaebenchError(f"s3prl's {downstream} downstream imports {', '.join(missing)}, which is not installed; "
+                            "install the extra: pip install 'maebench[s3prl]'")
+
+
+def _voxceleb1_cache(file_path: Any, meta_data: Any) -> str:
+    """The folder (with trailing separator, as s3prl joins it) for one (dataset root, split file) pair's lists."""
+    from maebench.paths import cache_dir
+
+    meta = Path(str(meta_data)).expanduser().resolve()
+    stat = meta.stat() if meta.is_file() else None
+    text = f"{Path(str(file_path)).expanduser().resolve()}\n{meta}\n{stat and (stat.st_size, stat.st_mtime_ns)}"
+    folder = cache_dir() / "s3prl" / "voxceleb1" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    return str(folder) + "/"
+
+
+def key_voxceleb1_file_lists() -> None:
+    """Point s3prl's voxceleb1 file-list cache at a folder keyed by the dataset (idempotent)."""
+    from s3prl.downstream.voxceleb1 import dataset
+
+    original = dataset.SpeakerClassifiDataset.__init__
+    if getattr(original, "_maebench_keyed", False):
+        return
+
+    def keyed_init(self, mode, file_path, meta_data, max_timestep=None):
+        dataset.CACHE_PATH = _voxceleb1_cache(file_path, meta_data)
+        original(self, mode, file_path, meta_data, max_timestep)
+
+    keyed_init._maebench_keyed = True  # type: ignore[attr-defined]
+    dataset.SpeakerClassifiDataset.__init__ = keyed_init
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Register `maebench_local` on s3prl.hub, then hand the arguments to s3prl's legacy runner."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         register()
         argv = runner_arguments(argv)
+        downstream = _value(argv, "-d", "--downstream")
+        check_downstream_modules(downstream)
+        if downstream == "voxceleb1":
+            key_voxceleb1_file_lists()
         from s3prl import run_downstream
     except MaebenchError as err:
         print(f"maebench.s3prl: error: {err}", file=sys.stderr)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from maebench.atomic import sweep_stale, temp_sibling
 from maebench.downstream import sounds
 from maebench.downstream.tasks.speech_commands import KS2_WORDS
 from maebench.downstream.toy import SENTENCES
@@ -30,7 +29,6 @@ VERSION = 2  # 1: maebench 0.1.0's own synthesiser; 2: rendered through maebench
 NUM_CLIPS = 480
 MANIFEST_NAME = "train.tsv"
 _SEED = 20220330  # the MAE-AST preprint's date; any fixed number would do
-_STALE_BUILD_S = 3600  # a temporary build folder this old belongs to a crashed build
 _CONSONANTS = list("bdfghjklmnprstvwz")  # letters the formant voice renders as consonants
 _VOWEL_LETTERS = list("aeiou")
 _TOY_TASK_WORDS = frozenset(KS2_WORDS) | {word for sentence in SENTENCES for word in sentence.split()}
@@ -160,13 +158,6 @@ def _build(build_dir: Path, final_dir: Path, num_clips: int) -> None:
     toy_manifest(build_dir).write_text(format_manifest(final_dir, entries), encoding="utf-8")
 
 
-def _remove_stale_builds(parent: Path, prefix: str) -> None:
-    for leftover in parent.glob(f"{prefix}*"):
-        try:
-            if time.time() - leftover.stat().st_mtime > _STALE_BUILD_S:
-                shutil.rmtree(leftover, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def corpus_items(*, quiet: bool = False) -> list[AudioItem]:
@@ -191,12 +182,11 @@ def ensure_toy_corpus(root: Path | None = None, *, num_clips: int = NUM_CLIPS) -
     if toy_manifest(final_dir).is_file():
         return final_dir
     parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final_dir.name}.build-"
-    _remove_stale_builds(parent, prefix)
-    build_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    sweep_stale(final_dir, "build")  # left by a builder that was killed
+    build_dir = temp_sibling(final_dir, "build")
+    build_dir.mkdir()  # the user's umask: the corpus is ordinary cache data
     try:
         _build(build_dir, final_dir.resolve(), num_clips)
-        build_dir.chmod(0o755)  # mkdtemp makes it private; the corpus is ordinary cache data
         if final_dir.exists() and not toy_manifest(final_dir).is_file():
             shutil.rmtree(final_dir)  # not one of ours (renames are atomic): replace it
         try:

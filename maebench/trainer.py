@@ -122,17 +122,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def cpu_threads() -> int:
-    """Intra-op threads for CPU training: the cores not already busy (at least 1).
+def cpu_threads(requested: int | None = None, saved: int | None = None) -> int:
+    """Intra-op threads for CPU training: `requested` (--threads), else an explicit OMP_NUM_THREADS (torchrun sets
+    1), else `saved` (the count a resumed run was started with), else the cores this process may use.
 
-    OpenMP threads spin-wait at every barrier; on cores shared with other busy processes one step can take 50x
-    longer with 2 threads than with 1. An explicit OMP_NUM_THREADS (torchrun sets 1) is respected.
+    Never from the machine's load: the thread count changes reduction order, so it must not depend on what else
+    runs, or the same command would give different weights and a resume would not continue exactly. On cores
+    shared with other busy processes OpenMP's spin-waiting can make many threads slow: pass --threads 1 there.
     """
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    if requested is not None:
+        if requested < 1:
+            raise MaebenchError(f"--threads {requested}: must be at least 1")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    if saved:
+        return int(saved)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_precision(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -155,14 +161,18 @@ class BatchStream:
         self._iterator = None
 
     def _open(self):
-        from maebench.pretrain_data import ResumableBatchSampler, build_pretrain_loader
+        from maebench.pretrain_data import ResumableBatchSampler, build_pretrain_loader, loader_options
 
         per_epoch = ResumableBatchSampler(len(self.items), self.micro_batch,
                                           world_size=self.env.world_size).batches_per_epoch()
         if self.state.batch_in_epoch > per_epoch:  # --resume with fewer clips or bigger batches: epoch is over
             self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-        loader = build_pretrain_loader(
-            self.items, clip_seconds=self.cfg.data.clip_seconds, batch_size=self.micro_batch,
+        if self.cfg.data.loader == "fairseq2":  # the same batches from fairseq2's pipeline (threads, one process)
+            from maebench.fairseq2_data import build_fairseq2_loader as build
+        else:
+            build = build_pretrain_loader
+        loader = build(
+            self.items, **loader_options(self.cfg), batch_size=self.micro_batch,
             num_workers=self.cfg.data.num_workers, seed=self.cfg.train.seed, rank=self.env.rank,
             world_size=self.env.world_size, epoch=self.state.epoch, batch_in_epoch=self.state.batch_in_epoch,
             pin_memory=self.env.device.type == "cuda",
@@ -290,28 +300,71 @@ class Window:
         self.start = time.perf_counter()
 
 
+class TensorBoardLog:
+    """Rank 0's TensorBoard events in RUN/tensorboard/ (train.tensorboard): every number of each metrics.jsonl
+    record (loss and its parts, lr, grad norm, clips/s, ...) at its step. On resume, events past the checkpoint are
+    purged (`purge_step`), as the metrics.jsonl lines of the steps being redone are."""
+
+    def __init__(self, run_dir: Path, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / ckpt.TENSORBOARD_DIR), purge_step=start_step + 1)
+
+    def log(self, record: dict[str, Any]) -> None:
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"pretrain/{name}", value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def check_optional_packages(cfg: PretrainConfig) -> None:
+    """What the config asks for beyond the core install (the fairseq2 loader, TensorBoard) is importable, or a
+    one-line MaebenchError saying how to install it, before anything is written."""
+    if cfg.data.loader == "fairseq2":
+        from maebench.fairseq2_data import require_fairseq2
+
+        require_fairseq2()
+    if cfg.train.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401  (raises ImportError without the tensorboard package)
+        except ImportError:
+            raise MaebenchError("--tensorboard (train.tensorboard) needs the tensorboard package: pip install "
+                                "tensorboard (the fairseq2 extra brings it), or leave TensorBoard off") from None
+
+
 # ---------------------------------------------------------------------------------------------------- the loop
 
 
-def train(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> TrainResult:
-    """Pretrain as configured (alone or under torchrun); checkpoints and metrics go to the run directory."""
+def train(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          threads: int | None = None) -> TrainResult:
+    """Pretrain as configured (alone or under torchrun); checkpoints and metrics go to the run directory.
+
+    `threads`: CPU intra-op threads (default: see cpu_threads; recorded in each checkpoint, reused on resume).
+    """
     check_required(cfg)
     validate(cfg)
     env = ddp.setup(cfg.train.device)
-    threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    run = None
     try:
-        run = Pretrainer(cfg, env, quiet=quiet)
+        run = Pretrainer(cfg, env, quiet=quiet, threads=threads)
         run.setup(resume=resume, overwrite=overwrite)
         return run.train()
     finally:
-        torch.set_num_threads(threads)
+        if run is not None:
+            run.release()
+        torch.set_num_threads(previous_threads)
         ddp.teardown(env)
 
 
 class Pretrainer:
     """One process's part of a pretraining run: `setup`, then `train` (which ends with `summary`)."""
 
-    def __init__(self, cfg: PretrainConfig, env: ddp.DistEnv, *, quiet: bool = False) -> None:
+    def __init__(self, cfg: PretrainConfig, env: ddp.DistEnv, *, quiet: bool = False,
+                 threads: int | None = None) -> None:
         t = cfg.train
         if t.batch_size % (env.world_size * t.grad_accum):
             unit = env.world_size * t.grad_accum
@@ -324,6 +377,18 @@ class Pretrainer:
         self.autocast_dtype = resolve_precision(cfg, env.device)
         self.losses: list[tuple[int, float]] = []  # (step, mean loss of its logging window)
         self.last_loss, self.clips_total = float("nan"), 0
+        self.requested_threads, self.threads = threads, None
+        self.lock: ckpt.RunLock | None = None
+        self.tensorboard: TensorBoardLog | None = None
+
+    def release(self) -> None:
+        """Drop the run directory's lock (rank 0 holds it from setup to the end of the run); close TensorBoard."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ---- setup
 
@@ -333,16 +398,21 @@ class Pretrainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        else:
-            torch.set_num_threads(cpu_threads())
+        check_optional_packages(self.cfg)
         items = self._list_data()
         resume_from = self._decide_run_dir(resume=resume, overwrite=overwrite)
+        saved = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
+        self._set_threads(saved)
         self._build()
-        if resume_from is not None:
-            self._resume(resume_from)
+        if saved is not None:
+            self._resume(resume_from, saved)
         self.start_step, self.last_checkpoint = self.state.step, resume_from
         if self.env.is_main:
-            _truncate_metrics(self.run_dir / layout.METRICS_FILE, self.start_step)
+            with _writing(self.run_dir, resume_from):
+                _truncate_metrics(self.run_dir / layout.METRICS_FILE, self.start_step)
+            if self.cfg.train.tensorboard:
+                with _writing(self.run_dir, resume_from):
+                    self.tensorboard = TensorBoardLog(self.run_dir, self.start_step)
         step_module: nn.Module = ddp.PretrainStep(self.model)
         if self.cfg.train.compile:
             step_module = torch.compile(step_module)
@@ -361,17 +431,39 @@ class Pretrainer:
         return items if self.env.is_main else list_audio(source, quiet=True)
 
     def _decide_run_dir(self, *, resume: bool, overwrite: bool) -> Path | None:
-        """Resume, refuse or overwrite (rank 0 decides and may delete; the others follow); the checkpoint to
-        resume from, if any."""
-        decision = _main_first(self.env, lambda: ckpt.decide_run_dir(self.run_dir, self.identity, resume=resume,
-                                                                      overwrite=overwrite))
-        decision = ddp.broadcast_from_main(decision, self.env)
-        if self.env.is_main:
-            for message in decision.messages:
-                print(message, flush=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / layout.RUN_CONFIG_FILE, to_yaml(self.cfg))
+        """Claim the run directory (rank 0: refuse foreign files, take its lock), then resume, refuse or
+        overwrite (rank 0 decides and may delete; the others follow); the checkpoint to resume from, if any."""
+
+        def claim() -> ckpt.RunDirDecision:
+            with _writing(self.run_dir, None):
+                ckpt.check_run_dir(self.run_dir)
+                self.lock = ckpt.RunLock(self.run_dir)
+                decision = ckpt.decide_run_dir(self.run_dir, self.identity, resume=resume, overwrite=overwrite,
+                                               config=self.cfg)
+                for message in decision.messages:
+                    print(message, flush=True)
+                write_text_atomic(self.run_dir / layout.RUN_CONFIG_FILE, to_yaml(self.cfg))
+            return decision
+
+        decision = ddp.broadcast_from_main(_main_first(self.env, claim), self.env)
         return decision.resume_from
+
+    def _set_threads(self, saved: dict[str, Any] | None) -> None:
+        """CPU intra-op threads: deterministic (see cpu_threads), the resumed run's count unless told otherwise."""
+        if self.device.type == "cuda":
+            return
+        before = saved.get("cpu_threads") if saved else None
+        self.threads = cpu_threads(self.requested_threads, before)
+        torch.set_num_threads(self.threads)
+        if not self.env.is_main or self.quiet:
+            return
+        if before and before != self.threads:
+            print(f"note: {self.threads} CPU thread(s); this run was started with {before}, so the resumed steps may "
+                  f"differ from an uninterrupted run in the last bits (pass --threads {before} to match)", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if self.threads > 1 and load >= self.threads:  # a hint only: the count never depends on the load
+            print(f"note: the machine is busy (load {load:.1f}); {self.threads} CPU threads may run much slower "
+                  "than --threads 1 here", flush=True)
 
     def _build(self) -> None:
         """Model, optimizer and schedule: identical initial weights on every rank, then rank-specific masking and
@@ -385,9 +477,9 @@ class Pretrainer:
         self.state = ckpt.TrainerState()
         seed_everything(seed + 1_000_003 * self.env.rank)
 
-    def _resume(self, checkpoint: Path) -> None:
-        """Weights, optimizer, schedule, data position and every RNG stream of `checkpoint`."""
-        saved = ckpt.load_trainer_state(checkpoint)
+    def _resume(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+        """Weights, optimizer, schedule, data position and every RNG stream of `checkpoint` (`saved`: its
+        trainer.pt)."""
         ckpt.load_model_weights(self.model, checkpoint)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -478,9 +570,14 @@ class Pretrainer:
             "clips_per_s": clips / max(elapsed, 1e-9), "elapsed_s": time.perf_counter() - self.run_start,
         }
         self.losses.append((self.state.step, self.last_loss))
-        if self.env.is_main:
-            with open(self.run_dir / layout.METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+
+        def append() -> None:
+            with _writing(self.run_dir, self.last_checkpoint), open(self.run_dir / layout.METRICS_FILE, "a") as out:
+                out.write(json.dumps(record) + "\n")
+
+        _main_first(self.env, append)
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
         self.window.reset()
         return record
 
@@ -488,17 +585,20 @@ class Pretrainer:
         """Gather every rank's bad files and RNG streams, then rank 0 writes; all ranks wait for it."""
         self.skipped.gather(self.env)
         rngs = ddp.all_gather_objects(ckpt.capture_rng(self.device), self.env)
-        path = layout.step_dir(self.run_dir, self.state.step)
-        if self.env.is_main:
-            cfg = self.cfg
-            provenance = {"trained_by": "maebench pretrain", "step": self.state.step, "config_hash": self.identity,
-                          "model": f"{cfg.model.name}:{cfg.model.size}"}
-            path = ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, state=self.state, rng=rngs,
-                                        config_hash=self.identity, world_size=self.env.world_size,
-                                        provenance=provenance, keep_last=cfg.train.keep_last)
-        ddp.barrier(self.env)
-        self.last_checkpoint = path
+        cfg = self.cfg
+        provenance = {"trained_by": "maebench pretrain", "step": self.state.step, "config_hash": self.identity,
+                      "model": f"{cfg.model.name}:{cfg.model.size}"}
+
+        def write() -> Path:
+            with _writing(self.run_dir, self.last_checkpoint):
+                return ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, state=self.state, rng=rngs,
+                                            config_hash=self.identity, world_size=self.env.world_size,
+                                            provenance=provenance, keep_last=cfg.train.keep_last,
+                                            cpu_threads=self.threads)
+
+        _main_first(self.env, write)  # a write error on rank 0 stops every rank
+        self.last_checkpoint = layout.step_dir(self.run_dir, self.state.step)
 
     # ---- summary
 
@@ -540,6 +640,19 @@ def _main_first(env: ddp.DistEnv, work):
     if error:
         raise MaebenchError(error)
     return result
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path, last_checkpoint: Path | None):
+    """A failed write to the run directory (read-only, full disk, no permission) as a one-line MaebenchError; the
+    checkpoints already there are intact (every checkpoint is staged and renamed into place)."""
+    try:
+        yield
+    except OSError as err:
+        reason = (err.strerror or str(err) or type(err).__name__) + (f": {err.filename}" if err.filename else "")
+        kept = f"the last checkpoint {last_checkpoint} is intact" if last_checkpoint else "no checkpoint was lost"
+        raise MaebenchError(f"cannot write to run directory {run_dir} ({reason}); {kept}: free space or fix "
+                            "permissions and rerun the same command to resume, or choose another --run-dir") from None
 
 
 def _peak_memory(device: torch.device) -> int:

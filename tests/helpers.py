@@ -6,6 +6,9 @@ Imported by test modules as `from helpers import ...` (pytest puts tests/ on sys
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +76,68 @@ def one_line_error(excinfo, *needles: str) -> str:
     for needle in needles:
         assert needle in message, (needle, message)
     return message
+
+
+# A HEAR module in the HEAR API's own terms (for tests): a fixed random projection of 20 ms frames, so every
+# embedding depends on the audio; timestamps at frame centres; the scene embedding is the mean over frames.
+TOY_HEAR_SOURCE = '''
+import torch
+
+class Model(torch.nn.Module):
+    def __init__(self, sample_rate=16000, dim=8, seed=0):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.hop = sample_rate // 50
+        g = torch.Generator().manual_seed(seed)
+        self.proj = torch.nn.Parameter(torch.randn(self.hop, dim, generator=g))
+        self.scene_embedding_size = self.timestamp_embedding_size = dim
+        self.calls = []
+
+    def frames(self, audio):
+        self.calls.append(tuple(audio.shape))
+        usable = audio.shape[1] // self.hop * self.hop
+        return audio[:, :usable].reshape(audio.shape[0], -1, self.hop) @ self.proj
+
+def load_model(model_file_path="", **kwargs):
+    seed = int(open(model_file_path).read()) if model_file_path else 0
+    return Model(seed=seed, **kwargs)
+
+def get_timestamp_embeddings(audio, model):
+    emb = model.frames(audio)
+    ts = (torch.arange(emb.shape[1]) + 0.5) * model.hop * 1000.0 / model.sample_rate
+    return emb, ts[None].expand(audio.shape[0], -1)
+
+def get_scene_embeddings(audio, model):
+    return model.frames(audio).mean(dim=1)
+'''
+TOY_HEAR_MODULE = "toy_hear_module"
+
+
+def write_toy_hear_module(folder: Path) -> Path:
+    """Write the toy HEAR module into `folder` (created) as toy_hear_module.py; put `folder` on sys.path to use it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{TOY_HEAR_MODULE}.py").write_text(TOY_HEAR_SOURCE.lstrip())
+    return folder
+
+
+TORCHAUDIO_SHIM_NAMES = ("set_audio_backend", "get_audio_backend", "list_audio_backends", "sox_effects", "info", "load")
+
+
+@contextmanager
+def torchaudio_restored() -> Iterator[None]:
+    """Undo, on exit, what maebench's torchaudio shim (installed by importing s3prl through maebench) added to the
+    process-wide torchaudio module, so later test modules see torchaudio as it was."""
+    import torchaudio
+
+    saved = {name: getattr(torchaudio, name) for name in TORCHAUDIO_SHIM_NAMES if hasattr(torchaudio, name)}
+    saved_module = sys.modules.get("torchaudio.sox_effects")
+    try:
+        yield
+    finally:
+        for name in TORCHAUDIO_SHIM_NAMES:
+            if name in saved:
+                setattr(torchaudio, name, saved[name])
+            elif hasattr(torchaudio, name):
+                delattr(torchaudio, name)
+        if saved_module is None:
+            sys.modules.pop("torchaudio.sox_effects", None)

@@ -17,7 +17,8 @@ from maebench.errors import MaebenchError
 
 def write_result(root: Path, name: str, task: str, score: float, std: float | None = 0.5, *,
                  upstream: str = "mae_ast_patch:base", family: str = "mae_ast", path: str | None = None,
-                 probe: str = "linear", created: str = "2026-01-01T00:00:00", toy: bool = False) -> Path:
+                 probe: str = "linear", created: str = "2026-01-01T00:00:00", toy: bool = False,
+                 protocol: dict | None = None) -> Path:
     """One results.json in the CONTRACTS format."""
     directory = root / name
     directory.mkdir(parents=True)
@@ -29,6 +30,8 @@ def write_result(root: Path, name: str, task: str, score: float, std: float | No
         "data": {"root": None, "toy": toy}, "timings": {"total_s": 1.0}, "versions": {"maebench": "0.1.0"},
         "created": created,
     }
+    if protocol is not None:
+        record["protocol"] = protocol
     (directory / "results.json").write_text(json.dumps(record))
     return directory / "results.json"
 
@@ -175,3 +178,39 @@ def test_cli_runs_only_the_missing_evaluations(results_dir, tmp_path, monkeypatc
     assert all(c[3] == out / "evals" for c in calls)
     markdown = (out / "compare.md").read_text()
     assert "| mae_ast_frame:tiny | 42.0 ± 0.5 | 42.0 ± 0.5 |" in markdown
+
+
+def _protocol(task: str, family: str, probe: str = "finetune", **changes) -> dict:
+    """The "protocol" record `maebench eval` writes for the family's default settings, with `changes`."""
+    from maebench.downstream.probes.protocol import protocol_fields
+    from maebench.downstream.tasks.probe_settings import probe_settings
+
+    fields = protocol_fields(probe, probe_settings(task, False, family)[probe])
+    return {"probe": probe, "family": family, "fields": {**fields, **changes}}
+
+
+def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp_path, capsys):
+    """Matching cells plain, differing cells marked † with their differences listed, 0.1.0 cells 'unrecorded';
+    --strict refuses the differing ones."""
+    write_result(tmp_path, "a", "esc50", 88.0, upstream="ssast_patch:base", family="ssast", probe="finetune",
+                 protocol=_protocol("esc50", "ssast_patch"))
+    write_result(tmp_path, "b", "ks1", 90.0, upstream="ssast_patch:base", family="ssast", probe="finetune",
+                 protocol=_protocol("ks1", "ssast_patch", input_geometry="model", target_length=None))
+    write_result(tmp_path, "c", "ks2", 97.0, upstream="ssast_patch:base", family="ssast", probe="finetune")
+    comparison = build_comparison(find_results([tmp_path]))
+    (row,) = comparison.rows
+    assert row.paper_differences("esc50") == [] and row.paper_differences("ks2") is None
+    assert row.paper_differences("ks1") == ["input_geometry: model (paper: global)",
+                                            "target_length: None (paper: 100)"]
+    lines = render_markdown(comparison).splitlines()
+    assert "| ssast_patch:base | 88.0 ± 0.5 | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
+    assert "| protocol | finetune ssast global 512f no dev | unrecorded | finetune superb tokens |" in lines
+    assert any(line.startswith("- † ssast_patch:base KS1: input_geometry: model (paper: global)") for line in lines)
+    rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
+    protocol_row = next(r for r in rows if r["kind"] == "protocol")
+    assert protocol_row["esc50_std"] == "matches paper" and protocol_row["ks2"] == "unrecorded"
+    assert protocol_row["ks1_std"].startswith("differs: input_geometry")
+    with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base KS1"):
+        build_comparison(find_results([tmp_path]), strict=True)
+    assert cli_main(["compare", str(tmp_path), "--strict", "--no-png", "--out", str(tmp_path / "out")]) != 0
+    assert "ssast_patch:base KS1" in capsys.readouterr().err

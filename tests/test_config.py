@@ -13,6 +13,7 @@ from maebench.config import (
     OptimConfig,
     PretrainConfig,
     apply_overrides,
+    batch_length,
     check_required,
     config_hash,
     from_dict,
@@ -41,7 +42,7 @@ def test_demo_recipe_is_the_default_and_optim_defaults_are_the_papers():
 def test_paper_recipes_need_data_and_carry_paper_settings(name):
     cfg = load_recipe(name)
     assert cfg.model.name == name.removesuffix("_base_paper") and cfg.model.size == "base"
-    assert cfg.data.source == REQUIRED and cfg.data.clip_seconds == pytest.approx(10.24)
+    assert cfg.data.source == REQUIRED
     assert cfg.optim.lr == 1e-4
     with pytest.raises(MaebenchError, match=r"--data PATH"):
         check_required(cfg)
@@ -49,9 +50,15 @@ def test_paper_recipes_need_data_and_carry_paper_settings(name):
     check_required(filled)
     validate(filled)
     if name.startswith("mae_ast"):
-        assert (cfg.optim.name, cfg.optim.warmup_steps, cfg.train.max_steps) == ("adamw", 32000, 400000)
-    else:
+        # MAE-AST-Public README's run commands: 550k updates on one GPU, max_tokens 8,388,608 over sizes capped at
+        # max_sample_size 250,000 in multiples of 8 -> 32 clips; clips >= 2 s, batches cropped to the shortest
+        assert (cfg.optim.name, cfg.optim.warmup_steps, cfg.train.max_steps) == ("adamw", 32000, 550000)
+        assert cfg.train.batch_size == (8_388_608 // 250_000) // 8 * 8 == 32 and cfg.train.seed == 1337
+        assert (cfg.data.min_seconds, cfg.data.clip_seconds) == (2.0, 250_000 / 16_000)
+        assert (batch_length(cfg), cfg.data.bucket) == ("shortest", True)
+    else:  # SSAST keeps its authors' fixed 1024-frame input
         assert (cfg.optim.name, cfg.optim.betas, cfg.train.batch_size) == ("adam", (0.95, 0.999), 24)
+        assert cfg.data.clip_seconds == pytest.approx(10.24) and batch_length(cfg) == "fixed"
     text = (RECIPES_DIR / f"{name}.yaml").read_text()
     assert text.startswith("# ")  # the comment header says where the settings come from
 
@@ -119,6 +126,23 @@ def test_validate_rejects_impossible_values():
             validate(apply_overrides(PretrainConfig(), [override]))
     with pytest.raises(MaebenchError, match="too short"):
         validate(apply_overrides(PretrainConfig(), ["data.clip_seconds=0.1"]))
+    with pytest.raises(MaebenchError, match=r"data.min_seconds=0.1 .*shortest clip.*>= 0.2"):
+        validate(apply_overrides(PretrainConfig(), ["data.min_seconds=0.1"]))
+    validate(apply_overrides(PretrainConfig(), ["data.min_seconds=0.1", "data.batch_length=fixed"]))  # padded: fine
+    with pytest.raises(MaebenchError, match="data.min_seconds"):
+        validate(apply_overrides(PretrainConfig(), ["data.min_seconds=-1", "data.batch_length=fixed"]))
+    with pytest.raises(MaebenchError, match="expected one of auto, shortest, fixed"):
+        apply_overrides(PretrainConfig(), ["data.batch_length=longest"])
+
+
+def test_batch_length_follows_the_model_family():
+    """auto: MAE-AST crops each batch to its shortest clip (the public pad_audio: false), SSAST pads to a fixed
+    length (its dataloader); an explicit value wins."""
+    assert batch_length(PretrainConfig()) == "shortest"
+    assert batch_length(apply_overrides(PretrainConfig(), ["model.name=mae_ast_frame"])) == "shortest"
+    assert batch_length(apply_overrides(PretrainConfig(), ["model.name=ssast_frame"])) == "fixed"
+    assert batch_length(apply_overrides(PretrainConfig(), ["model.name=ssast_frame", "data.batch_length=shortest"])
+                        ) == "shortest"
 
 
 def test_yaml_round_trip_and_hash():
@@ -131,7 +155,7 @@ def test_yaml_round_trip_and_hash():
                                  "data.num_workers=3", "train.compile=true"])
     assert config_hash(same) == config_hash(cfg)
     for change in ["optim.lr=2e-4", "train.max_steps=5", "model.overrides.depth=3", "data.source=y.tsv",
-                   "train.seed=1"]:
+                   "train.seed=1", "data.min_seconds=1", "data.batch_length=shortest", "data.bucket=true"]:
         assert config_hash(apply_overrides(cfg, [change])) != config_hash(cfg), change
 
 

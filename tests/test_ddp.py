@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,27 @@ def test_ddp_user_error_stops_every_rank(tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.count("maebench: error:") == 2 and "missing" in bad.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ddp_fairseq2_loader_resumes_exactly(clips, tmp_path):
+    """`--loader fairseq2` under torchrun (2 gloo processes): 6 steps in one go == 3 steps, then a resume (bitwise
+    weights and losses), across the epoch boundary at step 4 (32 clips / 8 per step)."""
+    from safetensors.torch import load_file
+
+    from maebench.fairseq2_data import fairseq2_available
+
+    if not fairseq2_available():
+        pytest.skip("needs the fairseq2 extra (CI installs it): pip install -e '.[fairseq2]' and libsndfile")
+
+    extra = ("--loader", "fairseq2", "--set", "data.num_workers=2", "--set", "train.ckpt_every=3", "--max-steps", "6")
+    whole = torchrun(tmp_path / "whole", clips, *extra)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    half = tmp_path / "half"
+    shutil.copytree(tmp_path / "whole/checkpoints/step_00000003", half / "checkpoints/step_00000003")
+    resumed = torchrun(half, clips, *extra)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout and "done: step 6 (3 this run" in resumed.stdout
+    assert losses(half) == {s: v for s, v in losses(tmp_path / "whole").items() if s > 3}
+    a = load_file(tmp_path / "whole/checkpoints/step_00000006/model.safetensors")
+    b = load_file(half / "checkpoints/step_00000006/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

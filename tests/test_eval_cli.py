@@ -46,6 +46,14 @@ def test_eval_cli_tiny_preset_linear_then_logreg_reuses_features(toy_ks2, tmp_pa
         assert record["upstream"]["name"] == "mae_ast_patch:tiny" and record["upstream"]["path"] is None
         assert record["upstream"]["family"] == "mae_ast" and len(record["upstream"]["fingerprint"]) == 64
     assert len(linear["layers"]["weights"]) == 12 and linear["probe"]["hparams"]["max_steps"] == 5
+    protocol = linear["protocol"]  # what was actually used, and how it differs from the paper's fine-tuning
+    assert protocol["family"] == "mae_ast_patch" and protocol["probe"] == "linear"
+    assert protocol["input"]["geometry"].startswith("whole clip") and "running statistics" in protocol["normalisation"]
+    assert protocol["layers"] == "softmax-weighted sum of all 12 layers (s3prl -s hidden_states)"
+    assert protocol["budget"] == {"steps": 5, "batch_size": 32, "grad_accum": 1}
+    assert protocol["sources"]["settings"].startswith("SUPERB speech_commands")
+    assert protocol["dev"].startswith("Speech Commands v0.02 validation_list.txt")
+    assert protocol["paper_protocol"] is False and "probe: linear (paper: finetune)" in protocol["paper_differences"]
     assert len(logreg["layers"]["scores"]) == 12
     assert linear["timings"]["extract_s"] > 0 and logreg["timings"]["extract_s"] == 0  # features reused
     printed = capsys.readouterr().out
@@ -70,6 +78,24 @@ def test_eval_uses_latest_pretrain_run_and_finetunes_it(toy_ks2, tmp_path):
     assert name == "ks2-pretrain_run-step_00000010-finetune"
     assert record["upstream"]["path"] == str((run_dir / "checkpoints" / "step_00000010").resolve())
     assert record["probe"]["hparams"]["epochs"] == 1 and 0.0 <= record["score"] <= 100.0
+    assert record["protocol"]["paper_protocol"] is True and record["protocol"]["paper_differences"] == []
+    assert record["protocol"]["settings_for"] == "default" and record["runs"][0]["selection"] == "best dev"
+
+
+def test_ssast_finetune_records_its_own_global_protocol(toy_ks2, tmp_path):
+    """An SSAST upstream on KS2 is fine-tuned on SSAST's own input (128 frames, Speech Commands statistics)."""
+    from maebench.upstream.ssast import Ssast, SsastConfig
+
+    model = Ssast(SsastConfig(tokenizer="frame", dim=32, num_heads=2, depth=1, target_frames=128))
+    record = evaluate("ks2", model, data_root=toy_ks2, probe="finetune", out_dir=tmp_path, quiet=True,
+                      overrides={"epochs": 1, "batch_size": 32})
+    protocol = record["protocol"]
+    assert protocol["family"] == "ssast_frame" and protocol["settings_for"] == "ssast"
+    assert protocol["input"]["geometry"].startswith("global: one input of 128 frames")
+    assert protocol["normalisation"] == "(x - -6.845978) / (2 * 5.5654526) after padding"
+    assert protocol["layers"].startswith("ft_avgtok: mean of every token of the final-normed output")
+    assert any("after normalisation" in item for item in protocol["augmentation"])
+    assert protocol["paper_protocol"] is True and "run_sc.sh" in protocol["sources"]["settings"]
 
 
 def test_evaluate_api_aggregates_seeds(toy_ks2, tmp_path):

@@ -1,5 +1,6 @@
 """MAE-AST: tokenisation, feature path against an independent float64 re-implementation of s3prl's algorithm,
-padding invariance, pretraining loss (shapes, InfoNCE at init, float64 recomputation, visible-only encoder), FLOPs."""
+padding invariance, pretraining loss (shapes, InfoNCE at init, float64 recomputation, visible-only encoder, no
+learning from padding, input dropout, public chunk masks), FLOPs."""
 
 import math
 
@@ -14,6 +15,7 @@ from maebench.errors import MaebenchError
 from maebench.upstream import registry
 from maebench.upstream.frontend import frames_to_samples, num_frames
 from maebench.upstream.mae_ast import MaeAst, MaeAstConfig
+from maebench.upstream.masking import chunk_mask
 
 SMALL = {"dim": 64, "num_heads": 2, "ffn_dim": 128, "depth": 2, "decoder_depth": 1}
 
@@ -263,6 +265,105 @@ def test_encoder_sees_only_visible_tokens(monkeypatch):
     assert torch.equal(run(perturb(masked_token)), base)
     assert not torch.allclose(run(perturb(visible_token)), base)
     assert base.shape == (1, 12, 64)  # only the 12 visible tokens entered the encoder
+
+
+# ---- no learning from padding (the public loader's pad_audio: false) -------------------------------------------
+def _padded_to(wavs: torch.Tensor, width: int, fill: float = 0.0) -> torch.Tensor:
+    return F.pad(wavs, (0, width - wavs.shape[1]), value=fill)
+
+
+def _train_step_outputs(model: MaeAst, wavs: torch.Tensor, lens: torch.Tensor, seed: int = 3):
+    """(loss, stats, BatchNorm running mean and var, masked-token count) of one train-mode pretraining step."""
+    torch.manual_seed(seed)
+    model.batch_norm.reset_running_stats()
+    seen = {}
+    hook = model.recon_head.register_forward_hook(lambda mod, inp, out: seen.update(masked=inp[0].shape[1]))
+    out = model.pretrain_loss(wavs, lens)
+    hook.remove()
+    bn = model.batch_norm
+    return out.loss.detach(), out.stats, bn.running_mean.clone(), bn.running_var.clone(), seen["masked"]
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_more_padding_changes_nothing_in_training(tokenizer):
+    """Train mode, same seed: the same batch with more zero padding appended (same lens) gives the same loss and
+    BatchNorm statistics; padding filled with NaN instead of zeros too, so no padded sample is ever read."""
+    model = small_model(tokenizer).train()  # dropout, dropout_input and layerdrop as configured
+    wavs, lens = speech_batch([9_000, 16_000, 12_000])
+    base = _train_step_outputs(model, wavs, lens)
+    for padded in (_padded_to(wavs, 24_000), _padded_to(wavs, 40_000, fill=float("nan"))):
+        if torch.isnan(padded).any():
+            for row, n in zip(padded, lens, strict=True):
+                row[n:] = float("nan")  # the padding inside the batch too
+        again = _train_step_outputs(model, padded, lens)
+        assert torch.equal(again[0], base[0]) and torch.isfinite(again[0])
+        assert all(torch.equal(again[1][k], base[1][k]) for k in base[1])
+        assert torch.equal(again[2], base[2]) and torch.equal(again[3], base[3]) and again[4] == base[4]
+
+
+def test_targets_and_batchnorm_see_only_the_shortest_clip():
+    """What the loss learns from is the batch cut to its shortest clip: the masked-token count is that of 9,000
+    samples, and the BatchNorm update matches torchaudio's Kaldi fbank of the cut clips (momentum 0.1)."""
+    model = small_model("patch").train()
+    wavs, lens = speech_batch([9_000, 16_000, 12_000])
+    loss, _, running_mean, running_var, masked = _train_step_outputs(model, _padded_to(wavs, 20_000), lens)
+    tokens = (num_frames(9_000, model.frontend) // 16) * 8
+    assert masked == model.num_masked(tokens)
+    cut = torch.stack([kaldi.fbank(w[None, :9_000], sample_frequency=16000, use_energy=False, num_mel_bins=128)
+                       for w in wavs]).double()
+    assert running_mean.item() == pytest.approx(0.1 * cut.mean().item(), rel=1e-4)
+    assert running_var.item() == pytest.approx(0.9 + 0.1 * cut.var().item(), rel=1e-4)
+    cropped = _train_step_outputs(model, wavs[:, :9_000].clone(), torch.full((3,), 9_000))
+    assert torch.equal(cropped[0], loss)
+
+
+def test_dropout_input_drops_token_embeddings_in_pretraining_only():
+    """dropout_input (0.1 by default, the public config) zeroes embedding entries before positions are added, in
+    train-mode pretraining only: never in eval mode, never in the feature path."""
+    assert MaeAstConfig().dropout_input == 0.1
+    quiet = {"dropout": 0.1, "attn_dropout": 0.0, "layerdrop": 0.0}
+    model = small_model("patch", dropout_input=0.5, **{**quiet, "dropout": 0.0})
+    wavs, lens = speech_batch([16_000, 16_000])
+    mask = model.make_mask(2, 6)
+    keep = (~mask).nonzero()[:, 1].view(2, -1)
+    seen = {}
+    model.patch_embed.register_forward_hook(lambda mod, inp, out: seen.update(embed=out.detach()))
+    model.encoder_norm.register_forward_hook(lambda mod, inp, out: seen.update(enc_in=inp[0].detach()))
+
+    def embedded_minus_positions(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model.train(train)
+        with torch.no_grad():
+            model.pretrain_loss(wavs, lens, mask=mask)
+        positions = model._positions_for(48, seen["embed"])
+        embed = torch.stack([seen["embed"][b, keep[b]] for b in range(2)])
+        return seen["enc_in"] - positions[keep], embed
+
+    got, embed = embedded_minus_positions(train=True)
+    dropped = got.abs() < 1e-6
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    torch.testing.assert_close(got[~dropped], 2 * embed[~dropped], rtol=1e-5, atol=1e-5)  # survivors scaled 1/(1-p)
+    got, embed = embedded_minus_positions(train=False)
+    torch.testing.assert_close(got, embed, rtol=1e-5, atol=1e-5)
+
+    model = small_model("patch", dropout_input=0.9, **quiet)  # dropout 0.1 draws the same stream in both
+    plain = small_model("patch", dropout_input=0.0, **quiet)
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    with_dropout = model.train()(wavs, lens).hidden_states[-1]
+    torch.manual_seed(0)
+    assert torch.equal(with_dropout, plain.train()(wavs, lens).hidden_states[-1])  # features: no input dropout
+
+
+def test_patch_masks_are_drawn_as_the_public_code_draws_them():
+    model = small_model("patch")
+    assert model.config.mask_chunk_style == "public"
+    drawn = model.make_mask(4, 64, generator=torch.Generator().manual_seed(1))
+    expected = chunk_mask(4, (64, 8), 384, style="public", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, expected)
+    with pytest.raises(MaebenchError, match="mask_chunk_style"):
+        MaeAstConfig(mask_chunk_style="clustered")
+    with pytest.raises(MaebenchError, match="dropout_input"):
+        MaeAstConfig(dropout_input=1.0)
 
 
 def _math_attention(q, k, v, attn_mask=None, dropout_p=0.0, **_):

@@ -1,9 +1,12 @@
-"""Masking invariants: exact counts, no duplicates, square chunks, per-sample vs shared masks, index splits."""
+"""Masking invariants: exact counts, no duplicates, square and public (wrapping) chunks, per-sample vs shared masks,
+index splits; public chunks against a port of MAE-AST-Public's chunk loop."""
+
+import random
 
 import pytest
 import torch
 
-from maebench.upstream.masking import chunk_mask, random_mask, split_indices
+from maebench.upstream.masking import chunk_mask, public_chunks, random_mask, split_indices
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -90,6 +93,77 @@ def test_chunk_masks_are_clustered():
     chunk = chunk_mask(16, (16, 16), 64, generator=_generator(4))
     uniform = random_mask(16, 256, 64, generator=_generator(4))
     assert neighbour_rate(chunk, 16, 16) > 2 * neighbour_rate(uniform, 16, 16)
+
+
+# ---- chunks as the public MAE-AST code draws them -----------------------------------------------------------------
+def _reference_chunk(start: int, side: int, num_tokens: int, chan_adjust: int) -> set[int]:
+    """One chunk of MAE-AST-Public's `forward_mask` (chunk_mask branch, mae_ast/models/mae_ast.py lines 349-354),
+    ported: tokens start + t_offset + chan_adjust * c_offset below the token count."""
+    chunk = set()
+    for t_offset in range(side):
+        for c_offset in range(side):
+            candidate = start + t_offset + chan_adjust * c_offset
+            if candidate < num_tokens:
+                chunk.add(candidate)
+    return chunk
+
+
+@pytest.mark.parametrize("grid", [(64, 8), (10, 3), (30, 1), (7, 8)])
+def test_public_chunks_match_the_reference_loop(grid):
+    rows, cols = grid
+    rng = random.Random(0)
+    starts = [rng.randrange(rows * cols) for _ in range(60)]
+    sides = [rng.randrange(3, 6) for _ in range(60)]
+    chunks = public_chunks(torch.tensor(starts), torch.tensor(sides), grid)
+    for chunk, start, side in zip(chunks, starts, sides, strict=True):
+        assert set(chunk.nonzero().flatten().tolist()) == _reference_chunk(start, side, rows * cols, cols)
+
+
+@pytest.mark.parametrize("side", [3, 4, 5])
+def test_public_chunk_shapes_wrap_at_the_frequency_edge(side):
+    """num_masked = side^2 and a fixed side: the mask is exactly one chunk, a side x side block of the (time,
+    frequency) grid whose columns past the last frequency token continue in the next time step."""
+    rows, cols = 64, 8
+    wrapped = 0
+    for seed in range(60):
+        mask = chunk_mask(1, (rows, cols), side * side, min_side=side, max_side=side, style="public",
+                          generator=_generator(seed))[0]
+        masked = set(mask.nonzero().flatten().tolist())
+        if max(masked) >= (rows - side) * cols:  # a chunk in the last steps may have been cut: more were placed
+            continue
+        start = min(masked)
+        assert masked == _reference_chunk(start, side, rows * cols, cols)
+        wrapped += start % cols + side > cols
+    assert wrapped >= 10  # chunks starting near the top frequency token carry on in the next step
+
+
+def test_public_chunk_mask_fraction_and_per_sample():
+    """75% of a 10.24 s patch grid (64 steps x 8 frequency tokens): exactly 384 masked per clip, clips differ."""
+    mask = chunk_mask(16, (64, 8), 384, style="public", generator=_generator(8))
+    assert (mask.sum(1) == 384).all() and mask.float().mean().item() == 0.75
+    assert len({tuple(row.tolist()) for row in mask}) == 16
+    shared = chunk_mask(4, (64, 8), 384, style="public", shared=True, generator=_generator(8))
+    assert (shared == shared[:1]).all()
+
+
+def test_public_chunk_mask_has_one_side_per_mask():
+    """Sides 1 or 2 on a sparse 40 x 40 grid: a side-1 mask is scattered single tokens (few masked flat neighbours),
+    a side-2 mask is 2x2 chunks (nearly every token has one). One side per mask gives masks of one kind or the
+    other; a side per chunk would mix them."""
+    rows = cols = 40
+    mask = chunk_mask(120, (rows, cols), 40, min_side=1, max_side=2, style="public", generator=_generator(9))
+    padded = torch.nn.functional.pad(mask, (cols, cols))
+    neighbours = torch.zeros_like(mask)
+    for shift in (1, -1, cols, -cols):
+        neighbours |= padded[:, cols + shift : cols + shift + rows * cols]
+    rate = (neighbours & mask).sum(1).float() / 40
+    assert ((rate < 0.35) | (rate > 0.85)).all(), rate
+    assert (rate < 0.35).sum() > 30 and (rate > 0.85).sum() > 30
+
+
+def test_chunk_style_is_checked():
+    with pytest.raises(ValueError, match="style"):
+        chunk_mask(1, (4, 4), 3, style="clustered")
 
 
 def test_split_indices_consistent():

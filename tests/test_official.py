@@ -531,3 +531,51 @@ def test_convert_never_replaces_an_existing_destination_silently(tmp_path, capsy
     assert "--overwrite" in capsys.readouterr().err
     assert (dst / "model.safetensors").stat().st_mtime_ns == before
     assert cli_main(["convert", str(src), str(dst), "--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The allow-list unpickler never changes shared objects (issue 14, item 4)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _state_payload(module: str, name: str, attribute: str, value: bytes) -> bytes:
+    """A protocol-2 pickle, written opcode by opcode: GLOBAL module.name, then BUILD with the slot state
+    {attribute: value}, which plain pickle applies with setattr on the global itself (a class or a function)."""
+    key = attribute.encode()
+    return (b"\x80\x02" + f"c{module}\n{name}\n".encode() + b"N}" + b"X" + len(key).to_bytes(4, "little") + key
+            + value + b"s\x86b.")
+
+
+def test_build_on_an_allow_listed_class_is_refused_and_changes_nothing(tmp_path):
+    """collections.Counter is allow-listed (torch's own list); a BUILD on the class itself would rebind
+    Counter.most_common in the loading process. It must be refused before anything changes."""
+    import collections
+
+    original = collections.Counter.most_common
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_state_payload("collections", "Counter", "most_common", b"c__builtin__\nlist\n"))
+    assert len(path.read_bytes()) < 130
+    with pytest.raises(MaebenchError) as excinfo:
+        read_checkpoint(path)
+    message = str(excinfo.value)
+    assert "\n" not in message and "refusing to load" in message and "BUILD on collections.Counter" in message
+    assert collections.Counter.most_common is original
+    assert collections.Counter("abca").most_common(1) == [("a", 2)]
+
+
+def test_build_on_an_allow_listed_function_is_refused(tmp_path):
+    """Functions carry writable state too (__defaults__, __kwdefaults__): never set from a file."""
+    rebuild = torch._utils._rebuild_parameter
+    before = (rebuild.__defaults__, dict(rebuild.__dict__))
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_state_payload("torch._utils", "_rebuild_parameter", "__defaults__", b")"))
+    with pytest.raises(MaebenchError, match="refusing to load .*BUILD on torch._utils._rebuild_parameter"):
+        read_checkpoint(path)
+    assert (rebuild.__defaults__, dict(rebuild.__dict__)) == before
+
+
+def test_setitem_on_a_class_is_refused(tmp_path):
+    """SETITEM / SETITEMS only ever fill containers the load made, as in torch's weights_only unpickler."""
+    path = tmp_path / "evil.pt"
+    path.write_bytes(b"\x80\x02ccollections\nOrderedDict\n(X\x01\x00\x00\x00aK\x01u.")
+    with pytest.raises(MaebenchError, match="refusing to load .*SETITEMS on collections.OrderedDict"):
+        read_checkpoint(path)

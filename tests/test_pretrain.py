@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import write_tone_clips
+from helpers import one_line_error, write_tone_clips
 from safetensors.torch import load_file
 
 from maebench import run_checkpoint as ckpt
@@ -209,17 +209,20 @@ def test_pruning_killed_midway_leaves_no_half_checkpoint(clips, tmp_path, monkey
 
 
 def test_failed_checkpoint_write_keeps_previous(clips, tmp_path, monkeypatch):
+    """A full disk at a checkpoint: a one-line error naming the intact previous checkpoint, which still loads."""
     run = tmp_path / "run"
     real_write = ckpt._write_durably
 
     def flaky(path, obj):
         if obj["step"] == 8:
-            raise OSError("disk full")
+            raise OSError(28, "No space left on device", str(path))
         real_write(path, obj)
 
     monkeypatch.setattr(ckpt, "_write_durably", flaky)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MaebenchError) as excinfo:
         trainer.train(tiny_config(clips, run), quiet=True)
+    one_line_error(excinfo, "No space left on device", f"cannot write to run directory {run}",
+                   "checkpoints/step_00000004 is intact")
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000004"]
     ckpt.load_trainer_state(run / "checkpoints/step_00000004")
 

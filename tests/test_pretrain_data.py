@@ -13,15 +13,18 @@ import torch
 from maebench import toy_corpus
 from maebench.audio import read_audio
 from maebench.errors import MaebenchError
-from maebench.manifest import read_manifest
+from maebench.manifest import format_manifest, read_manifest
 from maebench.pretrain_data import (
     AudioItem,
+    ClipBatch,
+    CollateClips,
     PretrainClips,
     ResumableBatchSampler,
+    bucket_lengths,
     build_pretrain_loader,
-    collate_clips,
     crop_offset,
     list_audio,
+    loader_options,
 )
 
 CLIP = 4000  # 0.25 s
@@ -53,48 +56,79 @@ def clips(tmp_path: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------------- the clips
+def _collated(dataset: PretrainClips, keys, clip: int = CLIP, **options) -> ClipBatch:
+    return CollateClips(clip, **options)([dataset[key] for key in keys])
+
+
 def test_crop_is_a_pure_function_of_seed_epoch_index(clips):
     items = [AudioItem(clips["long"]), AudioItem(clips["stereo_44k"])]
-    dataset = PretrainClips(items, CLIP, seed=7)
-    wav, length, error = dataset[(0, 3)]
-    assert error is None and length == CLIP and wav.shape == (CLIP,) and wav.dtype == torch.float32
-    assert torch.equal(wav, dataset[(0, 3)][0])
-    assert torch.equal(wav, PretrainClips(items, CLIP, seed=7)[(0, 3)][0])  # a fresh process would agree
-    assert not torch.equal(wav, dataset[(0, 4)][0])  # another epoch, another crop
-    assert not torch.equal(wav, PretrainClips(items, CLIP, seed=8)[(0, 3)][0])
-
+    dataset = PretrainClips(items)
+    wav, key, error = dataset[(0, 3)]
     full = read_audio(clips["long"])
+    assert error is None and key == (0, 3) and torch.equal(wav, full) and wav.dtype == torch.float32
+
+    batch = _collated(dataset, [(0, 3)], seed=7)
+    assert batch.lens.tolist() == [CLIP] and batch.wavs.shape == (1, CLIP) and batch.wavs.dtype == torch.float32
     start = crop_offset(full.numel(), CLIP, seed=7, epoch=3, index=0)
-    assert torch.equal(wav, full[start : start + CLIP])
+    assert torch.equal(batch.wavs[0], full[start : start + CLIP])
+    assert torch.equal(batch.wavs, _collated(PretrainClips(items), [(0, 3)], seed=7).wavs)  # a fresh process agrees
+    assert not torch.equal(batch.wavs, _collated(dataset, [(0, 4)], seed=7).wavs)  # another epoch, another crop
+    assert not torch.equal(batch.wavs, _collated(dataset, [(0, 3)], seed=8).wavs)
     starts = {crop_offset(24000, CLIP, seed=7, epoch=e, index=0) for e in range(200)}
     assert len(starts) > 150 and min(starts) >= 0 and max(starts) <= 24000 - CLIP
 
-    resampled, length, _ = dataset[(1, 0)]  # 1 s stereo at 44.1 kHz -> 16,000 mono samples, cropped
-    assert length == CLIP and resampled.abs().sum() > 0
+    resampled = _collated(dataset, [(1, 0)])  # 1 s stereo at 44.1 kHz -> 16,000 mono samples, cropped
+    assert resampled.lens.tolist() == [CLIP] and resampled.wavs.abs().sum() > 0
 
 
-def test_short_clip_is_zero_padded(clips):
-    wav, length, error = PretrainClips([AudioItem(clips["short"])], CLIP)[(0, 5)]
-    assert error is None and length == 1600
-    assert torch.equal(wav[:1600], read_audio(clips["short"]))
-    assert torch.count_nonzero(wav[1600:]) == 0
+def test_fixed_length_zero_pads_a_short_clip(clips):
+    """SSAST's way (batch_length fixed): every clip cropped or zero-padded to clip_seconds."""
+    dataset = PretrainClips([AudioItem(clips["short"]), AudioItem(clips["long"])])
+    batch = _collated(dataset, [(0, 5), (1, 5)])
+    assert batch.wavs.shape == (2, CLIP) and batch.lens.tolist() == [1600, CLIP]
+    assert torch.equal(batch.wavs[0, :1600], read_audio(clips["short"]))
+    assert torch.count_nonzero(batch.wavs[0, 1600:]) == 0
+
+
+def test_crop_to_shortest_leaves_no_padding(clips):
+    """MAE-AST's way (the public collater with pad_audio: false): every clip randomly cropped to the batch's
+    shortest good clip, capped at clip_seconds; no sample of the batch is padding."""
+    names = ["long", "stereo_44k", "short", "corrupt"]
+    dataset = PretrainClips([AudioItem(clips[n]) for n in names])
+    keys = [(i, 2) for i in range(len(names))]
+    batch = _collated(dataset, keys, seed=5, crop_to_shortest=True)
+    assert batch.wavs.shape == (3, 1600) and batch.lens.tolist() == [1600] * 3
+    assert batch.skipped == [str(clips["corrupt"])]
+    for row, (index, epoch) in zip(batch.wavs, keys[:3], strict=True):
+        full = dataset[(index, epoch)][0]
+        start = crop_offset(full.numel(), 1600, seed=5, epoch=epoch, index=index)
+        assert torch.equal(row, full[start : start + 1600])
+    capped = _collated(dataset, keys[:2], clip=8000, crop_to_shortest=True)  # 24,000 and 16,000 samples
+    assert capped.wavs.shape == (2, 8000) and capped.lens.tolist() == [8000, 8000]
+    nothing = _collated(dataset, [(3, 0)], crop_to_shortest=True)
+    assert nothing.wavs.shape[0] == 0 and nothing.lens.shape == (0,) and len(nothing.skipped) == 1
+
+
+def test_clips_under_the_minimum_are_skipped(clips):
+    dataset = PretrainClips([AudioItem(clips["short"]), AudioItem(clips["long"])], min_samples=2000)
+    assert dataset[(0, 0)][2] == str(clips["short"]) and dataset[(1, 0)][2] is None
+    assert PretrainClips([AudioItem(clips["too_short"])], min_samples=0).min_samples == 400  # one fbank frame
 
 
 @pytest.mark.parametrize("name", ["too_short", "corrupt", "empty", "missing", "nan"])
 def test_bad_files_come_back_as_skipped(clips, name):
-    wav, length, error = PretrainClips([AudioItem(clips[name])], CLIP)[(0, 0)]
-    assert error == str(clips[name]) and length == 0
-    assert wav.shape == (CLIP,) and torch.count_nonzero(wav) == 0
+    wav, key, error = PretrainClips([AudioItem(clips[name])])[(0, 0)]
+    assert error == str(clips[name]) and key == (0, 0) and wav.numel() == 0
 
 
 def test_collate_drops_bad_items(clips):
     names = ["long", "corrupt", "short", "empty"]
-    dataset = PretrainClips([AudioItem(clips[n]) for n in names], CLIP)
-    batch = collate_clips([dataset[(i, 0)] for i in range(len(names))])
+    dataset = PretrainClips([AudioItem(clips[n]) for n in names])
+    batch = _collated(dataset, [(i, 0) for i in range(len(names))])
     assert batch.wavs.shape == (2, CLIP) and batch.lens.tolist() == [CLIP, 1600]
     assert batch.skipped == [str(clips["corrupt"]), str(clips["empty"])]
-    assert torch.equal(batch.wavs[1], dataset[(2, 0)][0])
-    nothing = collate_clips([dataset[(1, 0)], dataset[(3, 0)]])
+    assert torch.equal(batch.wavs[1], _collated(dataset, [(2, 0)]).wavs[0])
+    nothing = _collated(dataset, [(1, 0), (3, 0)])
     assert nothing.wavs.shape == (0, CLIP) and nothing.lens.shape == (0,) and len(nothing.skipped) == 2
 
 
@@ -138,6 +172,38 @@ def test_set_position_resumes_exactly():
     assert list(resumed) == []
     with pytest.raises(ValueError):
         resumed.set_position(0, resumed.batches_per_epoch() + 1)
+
+
+def test_bucketing_cuts_sorted_runs_and_shuffles_them():
+    """With lengths: each global batch is a run of the epoch's clips sorted by length (fairseq's batch_by_size on
+    ordered_indices), the runs come in a shuffled order, ranks share each global batch, and an epoch is still a
+    pure function of (seed, epoch) that resumes exactly."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(32_000, 250_000, size=103).tolist()
+    world = 2
+    samplers = [ResumableBatchSampler(103, 4, seed=1, rank=r, world_size=world, lengths=lengths) for r in range(2)]
+    per_rank = [s.epoch_order(0) for s in samplers]
+    global_batches = np.concatenate(per_rank, axis=1)  # (batches, 8): rank 0's 4 then rank 1's 4
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in global_batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:], strict=False))  # disjoint runs
+    firsts = [min(lengths[i] for i in b) for b in global_batches]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # the runs are shuffled
+    indices = global_batches.flatten().tolist()
+    assert len(set(indices)) == 96 == samplers[0].batches_per_epoch() * 8
+    dropped = {i for i in range(103) if i not in set(indices)}
+    assert dropped != set(np.argsort(lengths)[-7:].tolist())  # drop_last drops random clips, not the longest
+    again = ResumableBatchSampler(103, 4, seed=1, rank=1, world_size=world, lengths=lengths)
+    again.set_position(0, 5)
+    assert list(again) == [[(int(i), 0) for i in b] for b in per_rank[1][5:]]
+    assert not np.array_equal(samplers[0].epoch_order(1), per_rank[0])
+    with pytest.raises(ValueError, match="lengths"):
+        ResumableBatchSampler(10, 2, lengths=[1, 2])
+
+
+def test_bucket_lengths_need_every_length():
+    items = [AudioItem(Path("a.wav"), 48_000), AudioItem(Path("b.wav"), 480_000)]
+    assert bucket_lengths(items, 250_000) == [48_000, 250_000]  # capped, as the public size() is
+    assert bucket_lengths([*items, AudioItem(Path("c.wav"))], 250_000) is None
 
 
 def test_too_little_data_for_a_batch_is_a_user_error():
@@ -186,6 +252,80 @@ def test_ranks_get_disjoint_batches_of_equal_count(corpus):
     assert len(keys) == len(set(keys)) == 12
     batch = next(iter(loaders[0]))
     assert batch.wavs.shape[1] == 1600 and batch.wavs.dtype == torch.float32
+
+
+def _manifest_of(tmp_path: Path, lengths: list[int]) -> list[AudioItem]:
+    entries = []
+    for i, n in enumerate(lengths):
+        _write(tmp_path / f"v{i:03d}.wav", n, seed=100 + i)
+        entries.append((f"v{i:03d}.wav", n))
+    (tmp_path / "train.tsv").write_text(format_manifest(tmp_path, entries))
+    return read_manifest(tmp_path / "train.tsv")
+
+
+def test_bucketed_batches_keep_most_audio(tmp_path: Path):
+    """Cropping to the shortest clip wastes the longer clips' tails; bucketing keeps them. 48 clips of 0.3-2 s in
+    batches of 6: measured kept share of the audio (capped at 2 s) with and without buckets."""
+    lengths = np.random.default_rng(1).integers(4_800, 32_000, size=48).tolist()
+    items = _manifest_of(tmp_path, lengths)
+
+    def kept(bucket: bool) -> float:
+        loader = build_pretrain_loader(items, clip_seconds=2.0, batch_size=6, num_workers=0, seed=0,
+                                       crop_to_shortest=True, bucket=bucket)
+        batches = list(loader)
+        assert all(int(b.lens.min()) == int(b.lens.max()) == b.wavs.shape[1] for b in batches)  # no padding
+        return sum(b.wavs.numel() for b in batches) / sum(lengths)
+
+    plain, bucketed = kept(False), kept(True)
+    assert bucketed > 0.9 and plain < 0.75, (plain, bucketed)
+
+
+def test_loader_options_follow_the_model_family():
+    from maebench.config import PretrainConfig, apply_overrides
+
+    mae = loader_options(PretrainConfig())
+    assert mae["crop_to_shortest"] is True and mae["min_seconds"] == 0.5 and mae["bucket"] is False
+    ssast = loader_options(apply_overrides(PretrainConfig(), ["model.name=ssast_patch"]))
+    assert ssast["crop_to_shortest"] is False
+    forced = loader_options(apply_overrides(PretrainConfig(), ["model.name=ssast_patch", "data.batch_length=shortest"]))
+    assert forced["crop_to_shortest"] is True
+
+
+def test_trainer_resumes_bucketed_variable_length_batches_exactly(tmp_path: Path, monkeypatch):
+    """The loop on clips of 0.5-1.5 s, cropped to each batch's shortest and bucketed: 6 steps in one go == 3 steps,
+    then a resume (bitwise), across an epoch boundary."""
+    from safetensors.torch import load_file
+
+    from maebench import trainer
+    from maebench.config import PretrainConfig, apply_overrides
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    items_dir = tmp_path / "clips"
+    items_dir.mkdir()
+    _manifest_of(items_dir, np.random.default_rng(2).integers(8_000, 24_000, size=10).tolist())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def run(run_dir: Path):
+        settings = [f"data.source={items_dir / 'train.tsv'}", "data.clip_seconds=1.5", "data.bucket=true",
+                    "data.num_workers=0", "train.batch_size=4", "train.max_steps=6", "train.log_every=1",
+                    "train.ckpt_every=3", "train.device=cpu", "optim.warmup_steps=2", f"run_dir={run_dir}",
+                    "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"]
+        return trainer.train(apply_overrides(PretrainConfig(), settings), quiet=True)
+
+    try:
+        whole = run(tmp_path / "whole")
+        (tmp_path / "half" / "checkpoints").mkdir(parents=True)
+        os.rename(tmp_path / "whole" / "checkpoints" / "step_00000003",
+                  tmp_path / "half" / "checkpoints" / "step_00000003")
+        torch.manual_seed(99)
+        resumed = run(tmp_path / "half")
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.start_step == 3 and dict(resumed.losses) == {s: v for s, v in whole.losses if s > 3}
+    a = load_file(tmp_path / "whole" / "checkpoints" / "step_00000006" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "checkpoints" / "step_00000006" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -------------------------------------------------------------------------------------------------- the toy corpus

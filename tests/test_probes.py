@@ -236,3 +236,121 @@ def test_finetune_rejects_sample_weights_that_do_not_match_the_training_set(tone
     settings = dataclasses.replace(resolve_settings("finetune", task), balanced_sampling=True)
     with pytest.raises(MaebenchError, match="2 sample weights for 24 training items"):
         finetune_probe(SpectrumUpstream(), task, task.folds[0], settings=settings)
+
+
+# ------------------------------------------------------------------ protocols per model family (issue 9)
+def test_noise_roll_is_drawn_per_clip_and_mixup_keeps_each_length():
+    """SSAST's dataloader draws the noise scale and the roll per item (np.random.rand() / 10, randint(-10, 10))."""
+    from maebench.downstream.augment import NoiseRoll
+
+    torch.manual_seed(0)
+    ramp = torch.arange(40.0)[None, :, None].expand(16, 40, 3)
+    out = NoiseRoll()(ramp)
+    # the roll: out[t] ~ x[t - shift] + noise in [0, 0.1): each clip's shift read off its first frame
+    shifts = {int(round(float((-out[b, 0, 0]) % 40))) % 40 for b in range(16)}
+    assert len(shifts) > 3 and all(s <= 10 or s >= 30 for s in shifts)
+    noise = out - ramp.roll(0, 1)
+    assert noise.shape == ramp.shape
+    wavs = torch.randn(6, 50)
+    lens = torch.tensor([50, 10, 20, 30, 40, 50])
+    targets = torch.eye(6)
+    mixed, new_lens, _ = mixup(wavs * (torch.arange(50) < lens[:, None]), lens, targets, 1.0,
+                               torch.Generator().manual_seed(1))
+    assert torch.equal(new_lens, lens)  # the partner is cut to the item's own length, as the reference does
+    assert all((mixed[b, lens[b]:] == 0).all() for b in range(6))
+
+
+def test_superb_head_last_only_and_avgtok_whole_last_hidden_state():
+    from maebench.downstream.heads import SuperbHead
+
+    torch.manual_seed(0)
+    hidden = [torch.randn(2, 5, 8) for _ in range(3)]
+    lens = torch.tensor([5, 3])
+    last = SuperbHead(3, 8, 4, 16, last_only=True)
+    assert last.layer_logits.shape == (1,)
+    features = Features(hidden_states=hidden, lens=lens)
+    torch.testing.assert_close(last.forward_features(features), last.forward_frames(hidden[-1:], lens))
+    head = AvgTokHead(8, 4, token_dim=4)
+    whole = torch.randn(2, 7, 8)
+    with_last = Features(hidden_states=hidden, lens=lens, last_hidden_state=whole)
+    expected = head.classifier(head.norm(whole.reshape(2, 14, 4).mean(dim=1)))  # every token, padding included
+    torch.testing.assert_close(head.forward_features(with_last), expected)
+
+
+def test_settings_are_chosen_per_model_family(tmp_path):
+    """KS1 / SID / ER: each family's own SUPERB recipe; AS / ESC-50 / KS2: SSAST's input for SSAST models."""
+    from maebench.downstream.probes.settings import family_defaults, protocol_family
+    from maebench.downstream.tasks.probe_settings import probe_defaults
+    from maebench.upstream import load
+
+    assert protocol_family(load("ssast_patch:tiny")) == "ssast_patch"
+    assert protocol_family(load("mae_ast_frame:tiny")) == "mae_ast_frame"
+    assert protocol_family(SpectrumUpstream()) == "test_spectrum"
+    task = make_task(tmp_path, per_class=(1, 1, 1), probe_defaults=probe_defaults("ks1", False))
+    ssast = resolve_settings("finetune", task, family="ssast_frame")
+    assert (ssast.lr, ssast.batch_size, ssast.max_steps, ssast.target_length) == (5e-5, 32, 20_000, 100)
+    assert (ssast.input_geometry, ssast.normalise_padding, ssast.fbank_mean) == ("global", False, -4.2677393)
+    assert resolve_settings("finetune", task, family="ssast_patch").lr == 1e-4
+    mae = resolve_settings("finetune", task, family="mae_ast_patch")
+    assert (mae.lr, mae.batch_size, mae.layers, mae.feature_layout) == (1e-5, 512, "last", "tokens")
+    assert family_defaults(task, "finetune", "test_spectrum")[1] == "default"
+    sid = probe_defaults("sid", False)["by_family"]["ssast"]["finetune"]
+    assert (sid["batch_size"], sid["grad_accum"], sid["max_steps"], sid["target_length"]) == (4, 8, 40_000, 1000)
+    er = probe_defaults("er", False)
+    assert er["by_family"]["ssast"]["finetune"]["target_length"] == 600 and er["finetune"]["layers"] == "last"
+    assert probe_defaults("sid", False)["finetune"]["layers"] == "all"
+    esc = probe_defaults("esc50", False)
+    assert esc["by_family"]["ssast"]["finetune"]["input_geometry"] == "global"
+    assert not esc["by_family"]["ssast"]["finetune"]["dev_holdout"] and not esc["finetune"]["dev_holdout"]
+    assert not probe_defaults("as20k", False)["by_family"]["ssast"]["finetune"]["dev_holdout"]
+    assert probe_defaults("ks2", False)["by_family"]["ssast"]["finetune"]["dev_holdout"]
+
+
+def test_ssast_finetunes_on_its_global_input_without_a_dev_holdout(tone_task):
+    """recipe "ssast" on an SSAST model: one global input, noise after normalisation, train + dev trained on."""
+    from maebench.upstream.ssast import Ssast, SsastConfig
+
+    model = Ssast(SsastConfig(tokenizer="frame", dim=32, num_heads=2, depth=1, target_frames=128))
+    seen = []
+    model.input_augment = None
+    original = model._global_input
+
+    def spy(wavs, lens, spec):
+        seen.append((spec, model.input_augment))
+        return original(wavs, lens, spec)
+
+    model._global_input = spy
+    settings = resolve_settings("finetune", tone_task, {"epochs": "1", "target_length": "80", "input_geometry":
+                                                        "global", "fbank_mean": "-6.8", "fbank_std": "5.5",
+                                                        "noise_augment": "true", "dev_holdout": "false"})
+    result = finetune_probe(model, tone_task, tone_task.folds[0], settings=settings)
+    assert seen and all(spec.target_frames == 80 for spec, _ in seen)
+    assert any(hook is not None for _, hook in seen)  # the noise hook during training
+    assert result.details["selection"] == "last step (no dev split)" and result.dev_score is None
+    assert result.details["steps"] == math.ceil((24 + 12) / 8)  # 24 train + 12 dev clips, one epoch
+    assert model.input_augment is None and model.global_input is not None
+
+
+def test_mae_ast_finetunes_on_tokens_with_batchnorm_batch_statistics(tone_task):
+    """MAE-AST fine-tuned as its authors' s3prl expert: token sequence, BatchNorm in train mode (batch statistics,
+    running statistics updated), the last layer alone with layers="last"."""
+    from maebench.upstream.mae_ast import MaeAst, MaeAstConfig
+
+    def small(tokenizer: str) -> MaeAst:
+        return MaeAst(MaeAstConfig(tokenizer=tokenizer, dim=32, num_heads=2, ffn_dim=64, depth=2, decoder_depth=0))
+
+    model = small("frame")
+    wavs = torch.randn(2, 8000) * 3
+    lens = torch.tensor([8000, 6000])
+    model.token_features = True
+    features = model.eval()(wavs, lens)
+    assert features.hidden_states[0].shape == (2, 24, 32) and features.lens.tolist() == [24, 18]
+    before = model.batch_norm.running_mean.clone()
+    train_out = model.train()(wavs, lens)
+    assert not torch.equal(model.batch_norm.running_mean, before)  # batch statistics, running ones updated
+    assert not torch.allclose(train_out.hidden_states[0], features.hidden_states[0])
+    settings = SuperbFinetuneSettings(lr=1e-4, batch_size=8, max_steps=3, eval_every=3, projector_dim=16,
+                                      layers="last", feature_layout="tokens")
+    patch = small("patch")
+    result = finetune_probe(patch, tone_task, tone_task.folds[0], settings=settings)
+    assert patch.token_features and len(result.layers["weights"]) == 1

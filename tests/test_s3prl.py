@@ -18,33 +18,27 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from helpers import TORCHAUDIO_SHIM_NAMES, torchaudio_restored
 from test_official import mae_ast_checkpoint, max_relative, ssast_state_dict
 from torch.nn.utils.rnn import pad_sequence
 
+from maebench.errors import MaebenchError
 from maebench.upstream import load
 from maebench.upstream.s3prl_expert import UPSTREAM_NAME, MaebenchExpert, maebench_local
 from maebench.upstream.torchaudio_compat import install_torchaudio_shim
 
 REPO = Path(__file__).resolve().parents[1]
-_SHIM_NAMES = ("set_audio_backend", "get_audio_backend", "list_audio_backends", "sox_effects", "info", "load")
+_SHIM_NAMES = TORCHAUDIO_SHIM_NAMES
 
 
 @pytest.fixture(scope="module")
 def hub():
     """s3prl.hub with maebench_local registered; torchaudio is restored afterwards for the other test modules."""
     pytest.importorskip("s3prl", reason="install the s3prl extra: pip install 'maebench[s3prl]'")
-    saved = {name: getattr(torchaudio, name) for name in _SHIM_NAMES if hasattr(torchaudio, name)}
-    saved_module = sys.modules.get("torchaudio.sox_effects")
     from maebench.upstream.s3prl_expert import register
 
-    yield register()
-    for name in _SHIM_NAMES:
-        if name in saved:
-            setattr(torchaudio, name, saved[name])
-        elif hasattr(torchaudio, name):
-            delattr(torchaudio, name)
-    if saved_module is None:
-        sys.modules.pop("torchaudio.sox_effects", None)
+    with torchaudio_restored():
+        yield register()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,8 +58,10 @@ def test_shim_restores_what_s3prl_imports_and_is_idempotent(tmp_path, monkeypatc
     torchaudio.set_audio_backend("sox_io")  # the call s3prl makes at import time is now a no-op
     import torchaudio.sox_effects as sox_effects
 
-    with pytest.raises(RuntimeError, match="removed in torchaudio 2.9"):
-        sox_effects.apply_effects_tensor(torch.zeros(1, 10), 16000, [])
+    quieter, rate = sox_effects.apply_effects_tensor(torch.ones(1, 10), 16000, [["gain", "-6.0206"]])
+    assert rate == 16000 and torch.allclose(quieter, torch.full((1, 10), 0.5), atol=1e-4)
+    with pytest.raises(MaebenchError, match="'vad'.*not implemented"):
+        sox_effects.apply_effects_tensor(torch.zeros(1, 10), 16000, [["vad"]])
     wav = (torch.arange(800) % 50 / 100.0).float()
     path = tmp_path / "tone.wav"
     soundfile.write(path, wav.numpy(), 16000, subtype="FLOAT")

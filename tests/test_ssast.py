@@ -341,3 +341,124 @@ def test_min_input_samples_is_one_patch_column(tokenizer):
     assert a.lens.tolist() == b.lens.tolist()
     for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
         assert torch.equal(x, y)
+
+
+# ------------------------------------------------------------------ SSAST's own fine-tuning input (issue 9 item 4)
+ESC50_MEAN, ESC50_STD = -6.6268077, 5.358466
+
+
+def _reference_pos_embed(pos: torch.Tensor, p_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """ssast src/models/ast_models.py lines 192-204, step for step (its hard-coded 8 rows and `+ t_dim` included)."""
+    (p_f, p_t), (f_dim, t_dim) = p_grid, grid
+    dim = pos.shape[-1]
+    new = pos[:, 2:].reshape(1, p_f * p_t, dim).transpose(1, 2).reshape(1, dim, p_f, p_t)
+    if t_dim < p_t:
+        new = new[:, :, :, int(p_t / 2) - int(t_dim / 2): int(p_t / 2) - int(t_dim / 2) + t_dim]
+    else:
+        new = F.interpolate(new, size=(8, t_dim), mode="bilinear")
+    if f_dim < p_f:
+        new = new[:, :, int(p_f / 2) - int(f_dim / 2): int(p_f / 2) - int(f_dim / 2) + t_dim, :]
+    else:
+        new = F.interpolate(new, size=(f_dim, t_dim), mode="bilinear")
+    return torch.cat([pos[:, :2], new.reshape(1, dim, f_dim * t_dim).transpose(1, 2)], dim=1)
+
+
+def _reference_finetune_logits(sd: dict, wav: torch.Tensor, head: dict, strides: tuple[int, int], heads: int,
+                               target_length: int = 512) -> torch.Tensor:
+    """src/dataloader.py `_wav2fbank` + `__getitem__` (eval: no masks, no noise) and ASTModel(pretrain_stage=False)
+    `forward` -> `finetuningavgtok`, in float64 from the official state dict (timm 0.4.5 blocks written out)."""
+    w = {k.removeprefix("module."): v.double() for k, v in sd.items() if v.is_floating_point()}
+    wav = wav[None] - wav.mean()
+    fbank = kaldi.fbank(wav, htk_compat=True, sample_frequency=SR, use_energy=False, window_type="hanning",
+                        num_mel_bins=128, dither=0.0, frame_shift=10)
+    p = target_length - fbank.shape[0]
+    fbank = F.pad(fbank, (0, 0, 0, p)) if p > 0 else fbank[:target_length]
+    x = ((fbank - ESC50_MEAN) / (ESC50_STD * 2)).double()[None]  # (1, T, 128)
+    x = x.unsqueeze(1).transpose(2, 3)  # ASTModel.forward
+    kernel = w["v.patch_embed.proj.weight"]
+    x = F.conv2d(x, kernel, w["v.patch_embed.proj.bias"], stride=strides)
+    grid = (x.shape[2], x.shape[3])
+    fshape, tshape = kernel.shape[2:]
+    p_grid = (128 // fshape, int(sd["module.p_input_tdim"]) // tshape)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([w["v.cls_token"], w["v.dist_token"], x], dim=1)
+    x = x + _reference_pos_embed(w["v.pos_embed"], p_grid, grid)
+    dim = x.shape[-1]
+    depth = len({k.split(".")[2] for k in w if k.startswith("v.blocks.")})
+    for i in range(depth):
+        b = f"v.blocks.{i}."
+        h = F.layer_norm(x, (dim,), w[b + "norm1.weight"], w[b + "norm1.bias"], eps=1e-6)
+        qkv = (h @ w[b + "attn.qkv.weight"].T + w[b + "attn.qkv.bias"]).reshape(1, -1, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * (dim // heads) ** -0.5, dim=-1) @ v
+        x = x + attn.transpose(1, 2).reshape(1, -1, dim) @ w[b + "attn.proj.weight"].T + w[b + "attn.proj.bias"]
+        h = F.layer_norm(x, (dim,), w[b + "norm2.weight"], w[b + "norm2.bias"], eps=1e-6)
+        h = F.gelu(h @ w[b + "mlp.fc1.weight"].T + w[b + "mlp.fc1.bias"])
+        x = x + h @ w[b + "mlp.fc2.weight"].T + w[b + "mlp.fc2.bias"]
+    x = F.layer_norm(x, (dim,), w["v.norm.weight"], w["v.norm.bias"], eps=1e-6)
+    x = torch.mean(x[:, 2:, :], dim=1)
+    x = F.layer_norm(x, (dim,), head["norm.weight"].double(), head["norm.bias"].double())  # mlp_head
+    return (x @ head["classifier.weight"].double().T + head["classifier.bias"].double())[0]
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+def test_global_finetune_forward_matches_ssast_reference_on_esc50(tmp_path, tokenizer):
+    """A converted official checkpoint under SSAST's fine-tuning input + ft_avgtok head gives the logits of a port of
+    ASTModel(pretrain_stage=False) + finetuningavgtok on 5 s (and 3 s) clips with ESC-50 statistics."""
+    from test_official import ssast_state_dict
+
+    from maebench.downstream.heads import AvgTokHead
+    from maebench.upstream import load
+    from maebench.upstream.ssast import GlobalInput
+
+    sd = ssast_state_dict(tokenizer, dim=192, depth=2, tdim=1024, seed=5)  # published pretraining grid
+    torch.save(sd, tmp_path / "ssast.pth")
+    model = load(tmp_path / "ssast.pth").eval()
+    model.use_global_input(GlobalInput(512, ESC50_MEAN, ESC50_STD))
+    rows, cols = model.global_grid(512)
+    assert (rows, cols) == ((12, 50) if tokenizer == "patch" else (1, 511))
+    head = AvgTokHead(rows * 192, 50, token_dim=192)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.normal_(0, 0.3)
+    wavs, lens = speech_batch([5 * SR, 3 * SR], seed=4)
+    with torch.no_grad():
+        ours = head.forward_features(model(wavs, lens))
+    strides = (model.config.fstride, model.config.tstride)
+    assert strides == ((10, 10) if tokenizer == "patch" else (128, 1))  # run_esc_patch.sh / run_esc_frame.sh
+    for b in range(2):
+        reference = _reference_finetune_logits(sd, wavs[b, : lens[b]], head.state_dict(), strides, heads=3)
+        torch.testing.assert_close(ours[b].double(), reference, atol=1e-5, rtol=0)
+
+
+def test_global_input_order_padding_noise_and_positional_parameter():
+    """Pad, then SpecAugment, then normalise (padding -> -mean / (2 std)), then noise (dataloader.py order); the
+    positional table is a parameter of its own fitted once; the superb variant pads with exact zeros."""
+    from maebench.upstream.ssast import GlobalInput
+
+    model = tiny("frame").train()
+    seen = {}
+    model.fbank_augment = lambda f: seen.setdefault("fbank", f.clone())
+    model.input_augment = lambda x: seen.setdefault("input", x.clone())
+    model.use_global_input(GlobalInput(128, ESC50_MEAN, ESC50_STD))
+    assert model.global_pos_embed.shape == (1, 2 + 127, 64) and model.global_pos_embed.requires_grad
+    torch.testing.assert_close(model.global_pos_embed.detach(), adapt_pos_embed(model.pos_embed.detach(), (1, 64),
+                                                                               (1, 127)))
+    wavs, lens = speech_batch([8000, 16000])
+    out = model(wavs, lens)
+    assert seen["fbank"].shape == (2, 128, 128) and (seen["fbank"][0, 48:] == 0).all()  # 8000 samples = 48 frames
+    assert (seen["fbank"][0, :48] != 0).any()
+    pad_value = -ESC50_MEAN / (2 * ESC50_STD)
+    torch.testing.assert_close(seen["input"][0, 48:], torch.full((80, 128), pad_value))
+    assert out.last_hidden_state.shape == (2, 127, 64) and out.lens.tolist() == [48, 98]
+    out.last_hidden_state.sum().backward()
+    assert model.global_pos_embed.grad is not None and model.pos_embed.grad is None
+    superb = tiny("patch").eval()
+    superb.use_global_input(GlobalInput(100, -4.2677393, 4.5689974, normalise_padding=False, layout="tokens"))
+    superb.input_augment = lambda x: seen.setdefault("superb", x.clone())
+    superb.train()
+    features = superb(wavs, lens)
+    assert (seen["superb"][0, 48:] == 0).all() and (seen["superb"][0, :48] != 0).all()
+    assert features.hidden_states[0].shape == (2, 9 * 12, 64) and features.lens.tolist() == [5 * 12, 9 * 12]
+    superb.use_global_input(None)
+    assert superb.global_pos_embed is None and superb(wavs, lens).last_hidden_state is None

@@ -119,6 +119,24 @@ def test_ks1_hash_split_unknown_and_silence(tmp_path):
     assert task.metric == "accuracy" and task.class_names == list(KS1_CLASSES)
 
 
+def test_ks1_applies_s3prl_gain_of_minus_3_db(tmp_path):
+    """s3prl's speech_commands dataset reads every file through sox with "gain -3.0" (10 ** (-3 / 20)); the cached
+    features of a gained task never mix with ungained ones (the data fingerprint differs)."""
+    import dataclasses
+
+    from maebench.audio import read_audio
+
+    task = load_task("ks1", make_ks1(tmp_path))
+    for ex in (task.folds[0].train[0], task.folds[0].test[0]):
+        raw = read_audio(ex.path)
+        torch.testing.assert_close(task.read(ex), raw * 10 ** (-3 / 20))
+    silence = next(ex for ex in task.folds[0].train if ex.num_samples)
+    raw = read_audio(silence.path)[silence.offset : silence.offset + 16000]
+    torch.testing.assert_close(task.read(silence), raw * 10 ** (-3 / 20))
+    assert task.gain_db == -3.0
+    assert dataclasses.replace(task, gain_db=0.0).data_fingerprint() != task.data_fingerprint()
+
+
 @pytest.mark.parametrize("layout", ["inside", "parent"])
 def test_ks1_accepts_both_test_set_locations(tmp_path, layout):
     parent = make_ks1(tmp_path, layout)
@@ -431,7 +449,9 @@ def test_holdout_is_deterministic_stratified_and_order_independent():
 def test_probe_defaults_cover_every_task():
     for name in (*TASKS, "as2m"):
         real, toy = probe_defaults(name, False), probe_defaults(name, True)
-        assert set(real) == {"linear", "finetune", "logreg"}
+        assert set(real) == {"linear", "finetune", "logreg", "by_family"}
+        assert set(real["by_family"]) <= {"ssast", "ssast_patch"} and "ssast" in real["by_family"]
+        assert real["by_family"]["ssast"]["finetune"]["source"].startswith("SSAST src/finetune/")
         assert real["linear"]["lr"] == 1e-4 and real["linear"]["projector_dim"] == 256
         assert toy["linear"]["max_steps"] < real["linear"]["max_steps"]
         assert real["finetune"]["source"] and real["logreg"]["Cs"]

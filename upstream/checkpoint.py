@@ -6,7 +6,8 @@ Nothing is unpickled when reading (safetensors + JSON only), and a directory is 
 and renamed into place, so readers never see a half-written checkpoint.
 
 This module is also the one home of the training-run layout (the trainer writes it, the registry loads from it):
-`RUN/config.yaml`, `RUN/metrics.jsonl` and `RUN/checkpoints/step_XXXXXXXX/` (the native files above + `trainer.pt`).
+`RUN/config.yaml`, `RUN/metrics.jsonl`, `RUN/.lock` and `RUN/checkpoints/step_XXXXXXXX/` (the native files above +
+`trainer.pt`).
 Names under `RUN/checkpoints/` starting with `.staging-` are writes or deletions in progress, never checkpoints.
 `latest_checkpoint(run_dir)` is the one reader of that layout.
 """
@@ -16,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,17 +107,16 @@ def write_checkpoint(
     except (TypeError, ValueError) as err:
         raise MaebenchError(f"checkpoint config for {target} is not JSON-serialisable ({err})") from None
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _new_dir(target, "tmp")
     try:
         save_file(_unshared(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             fsync_path(tmp / name)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         fsync_path(tmp)
         if target.exists():
             # two renames: a crash between them leaves the old checkpoint complete under `.old-*`, never half of one
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = _new_dir(target, "old")
             old.rmdir()
             os.rename(target, old)
             os.rename(tmp, target)
@@ -128,6 +128,19 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _new_dir(target: Path, tag: str) -> Path:
+    """A new empty directory `.NAME.TAG-XXXXXXXX` beside `target`, made with the user's umask (tempfile.mkdtemp
+    makes private 0700 ones)."""
+    for _ in range(100):
+        path = target.with_name(f".{target.name}.{tag}-{secrets.token_hex(4)}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -197,6 +210,7 @@ METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging wind
 RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
+RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` of this run (holds its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 

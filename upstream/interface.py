@@ -25,6 +25,9 @@ class Features:
 
     hidden_states: list[Tensor]
     lens: Tensor
+    # The model's final output over its whole input (e.g. SSAST's `v.norm` output over a fixed, padded grid of
+    # target_length frames), pooled whole by SSAST's ft_avgtok head; None where the model has no such output.
+    last_hidden_state: Tensor | None = None
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Upstream(nn.Module):
     # Set by the fine-tuning probe: applied to the (B, T, mel) filterbank in training mode (SpecAugment); models
     # with a filterbank front end honour it, others ignore it.
     fbank_augment: Callable[[Tensor], Tensor] | None = None
+    # Set by the fine-tuning probe: applied in training mode to the normalised model input (SSAST's noise and roll)
+    input_augment: Callable[[Tensor], Tensor] | None = None
     downsample_rate: int
     hidden_size: int
     num_layers: int

@@ -24,7 +24,7 @@ from maebench.errors import MaebenchError
 from .blocks import Block, sinusoidal_positions
 from .frontend import MAE_AST_FBANK, FbankConfig, fbank_batch, frames_to_samples, num_frames
 from .interface import Features, PretrainOutput, Upstream
-from .masking import chunk_mask, gather_tokens, random_mask, split_indices
+from .masking import CHUNK_STYLES, chunk_mask, gather_tokens, random_mask, split_indices
 from .vocabulary import config_from_dict
 
 NUM_MEL_BINS = 128
@@ -49,12 +49,18 @@ class MaeAstConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     activation_dropout: float = 0.0
+    # on the token embeddings, pretraining only, before positions and masking (MAE-AST-Public
+    # config/pretrain/mae_ast.yaml line 67; mae_ast/models/mae_ast.py line 393: "regularization adopted from hubert")
+    dropout_input: float = 0.1
     layerdrop: float = 0.05  # encoder only, pretraining only (features always run every layer)
     mask_ratio: float = 0.75
     mask_type: str | None = None  # "chunk" | "random"; None = chunk for patch, random for frame (the paper's pairs)
     shared_mask: bool = False  # True = one mask for the whole batch, as in the public code
     mask_min_side: int = 3  # chunk sides, in tokens
     mask_max_side: int = 5
+    # "public": one side per mask, chunks wrap at the frequency edge (the public code); "square": a side per chunk,
+    # clipped at the edges (maebench 0.1.0). See masking.chunk_mask.
+    mask_chunk_style: str = "public"
     recon_weight: float = 10.0
     nce_weight: float = 1.0
 
@@ -78,6 +84,12 @@ class MaeAstConfig:
                 f"mae_ast config: need 1 <= mask_min_side <= mask_max_side, "
                 f"got {self.mask_min_side}, {self.mask_max_side}"
             )
+        if self.mask_chunk_style not in CHUNK_STYLES:
+            raise MaebenchError(
+                f"mae_ast config: mask_chunk_style must be one of {CHUNK_STYLES}, got {self.mask_chunk_style!r}"
+            )
+        if not 0.0 <= self.dropout_input < 1.0:
+            raise MaebenchError(f"mae_ast config: dropout_input must be in [0, 1), got {self.dropout_input}")
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> MaeAstConfig:
@@ -228,6 +240,7 @@ class MaeAst(Upstream):
                 min_side=cfg.mask_min_side,
                 max_side=cfg.mask_max_side,
                 shared=cfg.shared_mask,
+                style=cfg.mask_chunk_style,
                 device=device,
                 generator=generator,
             )
@@ -236,11 +249,20 @@ class MaeAst(Upstream):
         return random_mask(batch, num_tokens, count, device=device, generator=generator)
 
     def pretrain_loss(self, wavs: Tensor, lens: Tensor, *, mask: Tensor | None = None) -> PretrainOutput:
-        """Masked-autoencoder loss on a padded batch (the whole padded input is used, as in the public code).
+        """Masked-autoencoder loss on a batch, cropped first to its shortest clip, `lens.min()` samples.
+
+        Nothing past a clip's end is learnt from: no padded frame enters the BatchNorm statistics, becomes a
+        reconstruction target or an InfoNCE negative. The public code gets there in its loader (pad_audio: false,
+        each batch cropped to its shortest clip: mae_ast_dataset.py `collater`), as maebench's loader does with
+        random crops; here the batch is cut at the end, so an already cropped batch passes unchanged. Costs one
+        host read of `lens` per step. Then (MAE-AST-Public mae_ast/models/mae_ast.py `forward`): BatchNorm * 0.5,
+        tokens, embedding, `dropout_input`, positions, mask, encoder over the visible tokens, decoder, heads.
 
         `mask` (B, tokens) bool overrides the random mask (tests, analysis); every row must mask the same count.
         """
-        feats, _ = self._fbank(wavs, lens)
+        if lens.numel():
+            wavs = wavs[:, : min(int(lens.min()), wavs.shape[-1])]
+        feats, _ = self._fbank(wavs, torch.full((wavs.shape[0],), wavs.shape[-1], dtype=torch.long))
         target = self._tokenise(self._normalise(feats, batch_stats=self.training))  # (B, N, 256)
         b, n, _ = target.shape
         if n < 2:
@@ -256,7 +278,7 @@ class MaeAst(Upstream):
             keep_idx, masked_idx = split_indices(mask.to(target.device))
 
         positions = self._positions_for(n, target)
-        tokens = self.patch_embed(target) + positions
+        tokens = F.dropout(self.patch_embed(target), self.config.dropout_input, self.training) + positions
         encoded = self._encode(gather_tokens(tokens, keep_idx), None, layerdrop=self.config.layerdrop)[-1]
 
         dim = encoded.shape[-1]
@@ -318,15 +340,29 @@ class MaeAst(Upstream):
         lens = torch.as_tensor(lens)
         return self._steps(num_frames(lens.long(), self.frontend))
 
+    # Feature layout, set by the fine-tuning probe: False = one frame per time step, (B, steps, tokens_per_step *
+    # dim), as mainline s3prl's mae_ast upstream; True = the token sequence (B, steps * tokens_per_step, dim), as the
+    # authors' s3prl expert returns it (MAE-AST-Public s3prl/mae_ast/expert.py: results["x"], downsample 320).
+    token_features: bool = False
+
     def forward(self, wavs: Tensor, lens: Tensor) -> Features:
-        """Per-layer encoder features, (B, steps, tokens_per_step * dim) each; no masking, BatchNorm running stats,
-        no layerdrop; dropout follows train/eval mode (fine-tuning). Padding tokens are hidden from attention by a
-        key-padding mask, so an item gives the same valid features alone as in any padded batch; features at
-        padded steps are zero."""
+        """Per-layer encoder features, (B, steps, tokens_per_step * dim) each (see `token_features`); no masking, no
+        layerdrop. Eval mode: BatchNorm running statistics. Train mode (fine-tuning): BatchNorm batch statistics
+        over the zero-padded batch, updating the running ones, as the reference's `self.batch_norm(source)` does
+        when s3prl fine-tunes the upstream (mae_ast.py forward; s3prl `-f` puts the upstream in train mode);
+        dropout follows the mode too. Padding tokens are hidden from attention by a key-padding mask, so in eval
+        mode an item gives the same valid features alone as in any padded batch; features at padded steps are zero.
+
+        A partial last token (frames past a multiple of ktime) is dropped: the reference counts it as valid when a
+        longer clip in the batch supplies the frames (forward_padding_mask rounds up) and drops it otherwise (Unfold
+        floors), so its count depends on the batch; here every clip gets floor(frames / ktime) steps."""
         feats, frame_lens = self._fbank(wavs, lens)
         if feats.shape[1] < self.ktime:  # shorter than one token: pad so every item yields one (zero-input) step
             feats = F.pad(feats, (0, 0, 0, self.ktime - feats.shape[1]))
-        tokens = self._tokenise(self._normalise(feats, batch_stats=False))
+        normalised = self._normalise(feats, batch_stats=self.training)
+        if self.training and self.input_augment is not None:
+            normalised = self.input_augment(normalised)
+        tokens = self._tokenise(normalised)
         b, n, _ = tokens.shape
         steps = n // self.tokens_per_step
         valid_steps = self._steps(frame_lens).clamp(max=steps)
@@ -338,6 +374,10 @@ class MaeAst(Upstream):
 
         x = self.patch_embed(tokens) + self._positions_for(n, tokens)
         layers = self._encode(x, key_padding, layerdrop=0.0)
+        if self.token_features:
+            keep = (~step_padding).repeat_interleave(self.tokens_per_step, dim=1)[..., None]
+            hidden = [h * keep.to(h.dtype) for h in layers]
+            return Features(hidden_states=hidden, lens=valid_steps * self.tokens_per_step)
         keep = (~step_padding)[..., None]
         hidden = [h.reshape(b, steps, self.hidden_size) * keep.to(h.dtype) for h in layers]
         return Features(hidden_states=hidden, lens=valid_steps)

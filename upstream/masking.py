@@ -26,6 +26,9 @@ def random_mask(
     return mask.scatter_(1, chosen, True)
 
 
+CHUNK_STYLES = ("public", "square")
+
+
 def chunk_mask(
     batch: int,
     grid: tuple[int, int],
@@ -34,14 +37,21 @@ def chunk_mask(
     min_side: int = 3,
     max_side: int = 5,
     shared: bool = False,
+    style: str = "square",
     device=None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """(batch, rows * cols) bool over the row-major flattening of a rows x cols token grid.
 
-    Square chunks of a random side in [min_side, max_side] are placed with a uniformly random top-left corner
-    (clipped at the grid edge) until at least `num_masked` tokens are covered; the excess is then trimmed at
-    random from the tokens the LAST chunk added, so every earlier chunk stays a whole square.
+    Chunks are placed until at least `num_masked` tokens are covered; the excess is then trimmed at random from
+    the tokens the LAST chunk added, so every earlier chunk stays whole. Two ways to draw a chunk:
+    - "square": its own side in [min_side, max_side] and a uniformly random top-left cell; a square clipped at the
+      grid's right and bottom edges.
+    - "public", as MAE-AST-Public draws it (mae_ast/models/mae_ast.py lines 343-357, after SSAST's
+      `gen_maskid_patch`): ONE side per mask in [min_side, max_side]; the top-left is a uniform flat token index s
+      and the chunk is {s + a + cols * b : 0 <= a, b < side} cut at the grid's end, so a chunk running past the
+      last column wraps into the next row. (The public code then keeps the covered tokens in Python set order,
+      i.e. the lowest indices; trimming the last chunk at random instead does not tilt masks toward the start.)
     Placements are drawn in blocks of many chunks per sample, each block a few batched tensor ops (one host sync
     per block), so neither samples nor tokens nor single chunks are looped over in Python.
     `shared=True` draws one mask for the whole batch (what the public MAE-AST code does, for speed).
@@ -51,24 +61,25 @@ def chunk_mask(
     _check_count(num_tokens, num_masked)
     if not 1 <= min_side <= max_side:
         raise ValueError(f"chunk sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    if style not in CHUNK_STYLES:
+        raise ValueError(f"chunk style must be one of {CHUNK_STYLES}, got {style!r}")
     draws = 1 if shared else batch
-    row_ids = torch.arange(rows, device=device)
-    col_ids = torch.arange(cols, device=device)
     # enough placements per block that one block nearly always suffices (~3x the fewest smallest chunks needed)
     block = max(8, 3 * -(-num_masked // (min_side * min_side)))
     max_blocks = 64  # a cap for pathological requests (num_masked ~ num_tokens); the rest is filled at random below
+    if style == "public":  # one side per mask, drawn before its chunks
+        mask_side = torch.randint(min_side, max_side + 1, (draws, 1), device=device, generator=generator)
     # order[b, i]: index of the first placement covering token i (placements numbered across blocks)
     uncovered = float(block * max_blocks)
     order = torch.full((draws, num_tokens), uncovered, device=device)
     for first_index in range(0, block * max_blocks, block):
         if num_masked == 0:
             break
-        side = torch.randint(min_side, max_side + 1, (draws, block, 1), device=device, generator=generator)
-        top = torch.randint(0, rows, (draws, block, 1), device=device, generator=generator)
-        left = torch.randint(0, cols, (draws, block, 1), device=device, generator=generator)
-        in_rows = (row_ids >= top) & (row_ids < top + side)  # (draws, block, rows)
-        in_cols = (col_ids >= left) & (col_ids < left + side)  # (draws, block, cols)
-        chunks = (in_rows[..., :, None] & in_cols[..., None, :]).reshape(draws, block, num_tokens)
+        if style == "public":
+            starts = torch.randint(0, num_tokens, (draws, block), device=device, generator=generator)
+            chunks = public_chunks(starts, mask_side.expand(draws, block), grid, max_side)
+        else:
+            chunks = _square_chunks(draws, block, grid, min_side, max_side, device, generator)
         index = torch.arange(first_index, first_index + block, device=device, dtype=torch.float32)[None, :, None]
         first_cover = torch.where(chunks, index, uncovered).amin(dim=1)  # (draws, tokens)
         order = torch.minimum(order, first_cover)
@@ -80,6 +91,32 @@ def chunk_mask(
     chosen = (order + tie_break).argsort(dim=1)[:, :num_masked]
     mask = torch.zeros(draws, num_tokens, dtype=torch.bool, device=device).scatter_(1, chosen, True)
     return mask.expand(batch, num_tokens).clone() if shared else mask
+
+
+def _square_chunks(draws: int, block: int, grid: tuple[int, int], min_side: int, max_side: int, device,
+                   generator: torch.Generator | None) -> Tensor:
+    """(draws, block, rows * cols) bool: `block` squares per draw, each its own side, clipped at the edges."""
+    rows, cols = grid
+    side = torch.randint(min_side, max_side + 1, (draws, block, 1), device=device, generator=generator)
+    top = torch.randint(0, rows, (draws, block, 1), device=device, generator=generator)
+    left = torch.randint(0, cols, (draws, block, 1), device=device, generator=generator)
+    in_rows = (torch.arange(rows, device=device) >= top) & (torch.arange(rows, device=device) < top + side)
+    in_cols = (torch.arange(cols, device=device) >= left) & (torch.arange(cols, device=device) < left + side)
+    return (in_rows[..., :, None] & in_cols[..., None, :]).reshape(draws, block, rows * cols)
+
+
+def public_chunks(starts: Tensor, sides: Tensor, grid: tuple[int, int], max_side: int | None = None) -> Tensor:
+    """(..., rows * cols) bool: the chunk {start + a + cols * b : 0 <= a, b < side} below rows * cols, for each
+    flat start index and side (same shapes), as the public MAE-AST / SSAST chunk masks draw one."""
+    rows, cols = grid
+    tokens = torch.arange(rows * cols, device=starts.device)
+    offset = tokens - starts[..., None]  # (..., tokens): how far past the chunk's first token
+    side = sides[..., None]
+    covered = torch.zeros(offset.shape, dtype=torch.bool, device=starts.device)
+    for b in range(int(sides.max()) if max_side is None else max_side):  # one step per chunk row: <= 5 tensor ops
+        within = offset - cols * b
+        covered |= (within >= 0) & (within < side) & (b < side)
+    return covered
 
 
 def split_indices(mask: Tensor, num_masked: int | None = None) -> tuple[Tensor, Tensor]:

@@ -133,7 +133,37 @@ def _allowed_globals() -> dict[str, Any]:
     return allowed
 
 
-class _AllowListUnpickler(pickle.Unpickler):
+class RefusedMutation(pickle.UnpicklingError):
+    """The pickle tries to set state on a class, function or module (e.g. BUILD on `collections.Counter` to
+    rebind `most_common`): refused before anything changes, as torch's weights_only unpickler does."""
+
+    def __init__(self, opcode: str, target: Any) -> None:
+        self.qualname = f"{opcode} on {getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+        super().__init__(self.qualname)
+
+
+_SHARED_KINDS = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                 types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType)
+
+
+def _check_mutable(target: Any, opcode: str) -> None:
+    """Only objects this load created may receive state: never a class, function or module (they are shared by
+    the whole process), nor an allow-listed global itself (e.g. a torch dtype singleton)."""
+    if isinstance(target, _SHARED_KINDS) or id(target) in _allowed_ids():
+        raise RefusedMutation(opcode, target)
+
+
+@lru_cache(maxsize=1)
+def _allowed_ids() -> frozenset[int]:
+    return frozenset(id(value) for value in _allowed_globals().values())
+
+
+class _AllowListUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler (its opcodes can be intercepted, the C one's cannot) with an allow-list of
+    globals and guarded BUILD / SETITEM(S) / APPEND(S): the object being changed must be one the load made."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
     def find_class(self, module: str, name: str) -> Any:
         # protocol-2 pickles (torch.save's default) spell builtins the Python 2 way: map them as pickle does
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -147,6 +177,31 @@ class _AllowListUnpickler(pickle.Unpickler):
         if module.split(".")[0] in _INERT_PACKAGES:
             return _inert_class(module, name)
         raise RefusedGlobal(qualname)
+
+    def load(self) -> Any:
+        try:
+            return super().load()
+        except (IndexError, KeyError) as err:  # what the pure-Python unpickler raises on a malformed stream
+            raise pickle.UnpicklingError(f"malformed pickle ({type(err).__name__})") from None
+
+
+def _guarded(name: str, position: int | None, original: Any) -> Any:
+    """The pure-Python handler of opcode `name`, preceded by a check of the object it would change: stack[position],
+    or for the MARK-delimited opcodes (position None) the top of the stack below the mark."""
+
+    def handler(self: _AllowListUnpickler) -> None:
+        stack = self.stack if position is not None else (self.metastack[-1] if self.metastack else [])
+        index = -1 if position is None else position
+        if len(stack) >= -index:  # a too-short stack fails in `original` as a malformed pickle
+            _check_mutable(stack[index], name)
+        original(self)
+
+    return handler
+
+
+for _opcode, _position in (("BUILD", -2), ("SETITEM", -3), ("SETITEMS", None), ("APPEND", -2), ("APPENDS", None)):
+    _byte = getattr(pickle, _opcode)[0]
+    _AllowListUnpickler.dispatch[_byte] = _guarded(_opcode, _position, _AllowListUnpickler.dispatch[_byte])
 
 
 def _allowlist_load(file: Any, **kwargs: Any) -> Any:
@@ -196,13 +251,13 @@ def read_checkpoint(path: str | Path) -> Any:
     _check_magic(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # objects beyond tensors: retry with the allow-list below (a corrupt file fails there too)
+    except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, KeyError):
+        pass  # objects beyond tensors (or a stream torch's unpickler trips on): the allow-list below says which
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         raise _unreadable(path, err) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_ALLOWLIST_PICKLE)
-    except RefusedGlobal as err:
+    except (RefusedGlobal, RefusedMutation) as err:
         raise MaebenchError(
             f"refusing to load {path}: it contains pickled code or objects outside the allow-list "
             f"({err.qualname}); only load checkpoints from sources you trust, and never this one without checking it"

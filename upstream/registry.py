@@ -5,7 +5,9 @@
   base): a freshly initialised model;
 - a native checkpoint directory (config.json + model.safetensors);
 - a training run directory: its newest `checkpoints/step_XXXXXXXX/`;
-- an official SSAST .pth / MAE-AST fairseq .pt file (handed to `maebench.upstream.official.load_official`).
+- an official SSAST .pth / MAE-AST fairseq .pt file (handed to `maebench.upstream.official.load_official`);
+- `s3prl:NAME[:PATH]` (any s3prl upstream, `foreign_s3prl`) or `hear:MODULE[:WEIGHTS]` (any HEAR module,
+  `foreign_hear`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ def load(path_or_preset: str | Path, **overrides: Any) -> Upstream:
     """A ready model from a preset name or a path (see the module docstring), in eval mode (feature extraction);
     call `.train()` to train it."""
     spec = str(path_or_preset)
+    if spec.startswith(("s3prl:", "hear:")):  # foreign upstreams: upstream/foreign_{s3prl,hear}.py
+        from .foreign_hear import load_hear
+        from .foreign_s3prl import load_s3prl
+
+        return (load_s3prl if spec.startswith("s3prl:") else load_hear)(spec, **overrides).eval()
     path = Path(spec).expanduser()
     if not path.exists() and _looks_like_preset(spec):
         return preset(spec, **overrides).eval()

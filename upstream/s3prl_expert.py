@@ -21,25 +21,11 @@ from torch import Tensor, nn
 from maebench.errors import MaebenchError
 
 from .interface import Upstream
-from .torchaudio_compat import install_torchaudio_shim
+from .torchaudio_compat import import_s3prl_hub
 
 __all__ = ["UPSTREAM_NAME", "MaebenchExpert", "import_s3prl_hub", "maebench_local", "register"]
 
 UPSTREAM_NAME = "maebench_local"
-
-
-def import_s3prl_hub() -> types.ModuleType:
-    """`s3prl.hub`, imported behind the shim (MaebenchError with the install line if s3prl is missing)."""
-    install_torchaudio_shim()
-    try:
-        import s3prl.hub as hub
-    except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] == "s3prl":
-            raise MaebenchError(
-                "s3prl is not installed; install the extra: pip install 'maebench[s3prl]'"
-            ) from None
-        raise
-    return hub
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ Feature extraction (`forward`) reproduces s3prl's `ssast_patch_base` / `ssast_fr
 cut into `window_secs` windows, each run with the overlapping fine-tuning geometry (patch stride 10, or frame
 time stride 1) and a positional table adapted from the pretraining grid; the outputs are concatenated in time.
 
+Fine-tuning as SSAST's authors do it (`use_global_input`): the whole clip is ONE input of `target_frames` frames
+with global attention and a positional table fitted once to that grid (YuanGongND/ssast src/models/ast_models.py,
+ASTModel(pretrain_stage=False) lines 139-204; src/dataloader.py `_wav2fbank` / `__getitem__`; the superb upstream
+src/finetune/superb/upstream/ast/audio.py + expert.py for KS1 / SID / ER).
+
 Parameter names equal the official checkpoint keys without their `module.v.` / `module.` prefixes, so converting
 an official `.pth` file is a rename.
 """
@@ -32,7 +37,7 @@ from .interface import Features, PretrainOutput, Upstream
 from .masking import chunk_mask, gather_tokens, random_mask, split_indices
 from .vocabulary import config_from_dict
 
-__all__ = ["Ssast", "SsastConfig", "adapt_pos_embed"]
+__all__ = ["GlobalInput", "Ssast", "SsastConfig", "adapt_pos_embed"]
 
 FRAME_SHIFT = SSAST_FBANK.window_shift  # samples per fbank frame (160: 10 ms)
 NUM_MEL_BINS = 128
@@ -163,6 +168,34 @@ class SsastConfig:
         return rows, cols
 
 
+@dataclass(frozen=True)
+class GlobalInput:
+    """SSAST's own fine-tuning input: the whole clip as ONE (128, target_frames) spectrogram, global attention.
+
+    Two variants in the reference code:
+    - `normalise_padding=True` (src/dataloader.py, AS / ESC-50 / KS2): fbank of the mean-removed waveform, zero-pad
+      or cut to target_length, SpecAugment, then `(x - mean) / (2 * std)` with the task's statistics (padding frames
+      become -mean / (2 * std)), then noise; ft_avgtok averages every token of the grid.
+    - `normalise_padding=False` (superb upstream ast/audio.py, KS1 / SID / ER): no mean removal, normalise with the
+      AudioSet statistics, then zero-pad (padding stays exactly 0) or cut to 1 / 6 / 10 s.
+    layout "frames": (B, time columns, rows * D) per layer; "tokens": (B, columns * rows, D), time-major, 768-wide
+    tokens as the superb upstream hands them to s3prl.
+    """
+
+    target_frames: int
+    norm_mean: float
+    norm_std: float
+    normalise_padding: bool = True
+    layout: str = "frames"
+
+    def __post_init__(self) -> None:
+        if self.target_frames < 1 or self.norm_std <= 0:
+            raise MaebenchError(f"SSAST global input: target_frames={self.target_frames} must be >= 1 and "
+                                f"norm_std={self.norm_std} positive")
+        if self.layout not in ("frames", "tokens"):
+            raise MaebenchError(f"SSAST global input layout {self.layout!r} is not 'frames' or 'tokens'")
+
+
 def adapt_pos_embed(
     pos_embed: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int], num_prefix: int = NUM_PREFIX_TOKENS
 ) -> Tensor:
@@ -252,6 +285,9 @@ class Ssast(Upstream):
         self.hidden_size = rows * cfg.dim
         self.num_layers = cfg.depth
         self.downsample_rate = FRAME_SHIFT * cfg.tstride
+        # SSAST's fine-tuning input (see `use_global_input`); None = s3prl's windowed features
+        self.global_input: GlobalInput | None = None
+        self.register_parameter("global_pos_embed", None)
 
     def _init_weights(self) -> None:
         """timm DeiT initialisation for the ViT; PyTorch defaults for the patch conv and heads (added after timm's
@@ -419,13 +455,82 @@ class Ssast(Upstream):
         """The positional table for the feature geometry, derived from the (trainable) pretraining table."""
         return adapt_pos_embed(self.pos_embed, self.config.pretrain_grid, self.config.feature_grid)
 
+    # ------------------------------------------------------------------ SSAST's own fine-tuning input
+    def global_grid(self, target_frames: int) -> tuple[int, int]:
+        """(frequency rows, time columns) of one target_frames input at the fine-tuning strides: (12, 50) for a
+        patch model at 512 frames, (1, 511) for a frame model (ASTModel.get_shape)."""
+        cfg = self.config
+        return (NUM_MEL_BINS - cfg.fshape) // cfg.fstride + 1, (target_frames - cfg.tshape) // cfg.tstride + 1
+
+    def use_global_input(self, spec: GlobalInput | None) -> None:
+        """Switch `forward` to SSAST's fine-tuning input (None: back to s3prl windows).
+
+        As ASTModel(pretrain_stage=False) does once at construction (ast_models.py lines 192-204), the pretraining
+        positional table is cropped / resized to the new grid and becomes a parameter of its own
+        (`global_pos_embed`), trained directly from then on. Call before building the optimiser.
+        """
+        self.global_input = spec
+        if spec is None:
+            self.global_pos_embed = None
+            return
+        if spec.target_frames < self.config.tshape:
+            raise MaebenchError(f"SSAST target_frames={spec.target_frames} is shorter than one patch "
+                                f"({self.config.tshape} frames)")
+        with torch.no_grad():
+            table = adapt_pos_embed(self.pos_embed, self.config.pretrain_grid, self.global_grid(spec.target_frames))
+        self.global_pos_embed = nn.Parameter(table.clone())
+
+    def _global_input(self, wavs: Tensor, lens: Tensor, spec: GlobalInput) -> tuple[Tensor, Tensor]:
+        """(normalised (B, target_frames, 128) input, valid frames (B,)) in the reference's order (class doc)."""
+        fbank, frame_lens = fbank_batch(wavs, lens, SSAST_FBANK if spec.normalise_padding else FEATURE_FBANK)
+        target = spec.target_frames
+        if fbank.shape[1] < target:  # fbank_batch already zeroes each item's frames past its end
+            fbank = F.pad(fbank, (0, 0, 0, target - fbank.shape[1]))
+        fbank = self._augment(fbank[:, :target])
+        x = (fbank - spec.norm_mean) / (2.0 * spec.norm_std)
+        if not spec.normalise_padding:  # superb upstream: normalise the clip, then pad with exact zeros
+            x = x * (torch.arange(target, device=x.device)[None, :] < frame_lens[:, None])[..., None].to(x.dtype)
+        if self.training and self.input_augment is not None:  # dataloader.py: noise after normalising
+            x = self.input_augment(x)
+        return x, frame_lens.clamp(max=target)
+
+    def _global_forward(self, wavs: Tensor, lens: Tensor) -> Features:
+        """SSAST fine-tuning forward (ASTModel.finetuningavgtok up to the pooling): hidden_states = block outputs
+        before `v.norm`, last_hidden_state = `v.norm` output over the whole grid (padding included, as ft_avgtok
+        averages it); lens = time columns that start inside the clip (times rows in the tokens layout)."""
+        spec, cfg = self.global_input, self.config
+        assert spec is not None and self.global_pos_embed is not None
+        device = self.pos_embed.device
+        wavs, lens = wavs.to(device), torch.as_tensor(lens, device=device).long()
+        x, frame_lens = self._global_input(wavs.float(), lens, spec)
+        rows, cols = self.global_grid(spec.target_frames)
+        tokens = self.patch_embed(x.transpose(1, 2).unsqueeze(1), stride=(cfg.fstride, cfg.tstride))
+        h = self._with_prefix(tokens, self.global_pos_embed)
+
+        def layout(out: Tensor) -> Tensor:  # frequency-major tokens -> time-major frames or tokens
+            grid = out[:, NUM_PREFIX_TOKENS:].reshape(out.shape[0], rows, cols, cfg.dim).transpose(1, 2)
+            shape = (cols, rows * cfg.dim) if spec.layout == "frames" else (cols * rows, cfg.dim)
+            return grid.reshape(out.shape[0], *shape).float()
+
+        hidden_states = []
+        for block in self.blocks:
+            h = block(h)
+            hidden_states.append(layout(h))
+        valid = torch.div(frame_lens + cfg.tstride - 1, cfg.tstride, rounding_mode="floor").clamp(1, cols)
+        if spec.layout == "tokens":
+            valid = valid * rows
+        return Features(hidden_states=hidden_states, lens=valid, last_hidden_state=layout(self.norm(h)))
+
     def forward(self, wavs: Tensor, lens: Tensor) -> Features:
         """Per-layer features: 12 block outputs before the final norm, (B, T, rows * D), windows joined in time.
 
         Each item is zero-padded past its length, cut into windows of window_samples, and every window gets its
         own fbank (no mean removal), normalisation and zero padding to window_frames, as in s3prl. Windows of all
         items run as one batch; frames past an item's `output_lens` come from silence and are padding.
+        With `use_global_input`, SSAST's fine-tuning input instead (`_global_forward`).
         """
+        if self.global_input is not None:
+            return self._global_forward(wavs, lens)
         cfg = self.config
         device = self.pos_embed.device
         wavs, lens = wavs.to(device), torch.as_tensor(lens, device=device).long()

@@ -2,8 +2,9 @@
 
 s3prl 0.4.18 cannot even be imported on torchaudio >= 2.9 (`torchaudio.set_audio_backend` and
 `torchaudio.sox_effects` are gone; s3prl issue #575). `install_torchaudio_shim()` restores what the import and
-the legacy runner touch, only where it is missing: a no-op backend selector, a `sox_effects` module whose
-functions explain themselves when called, and `info`/`load` through soundfile when torchcodec is absent.
+the legacy runner touch, only where it is missing: a no-op backend selector, a `sox_effects` module that applies
+the effects s3prl's SUPERB datasets use (`maebench.upstream.sox_effects`: channels, rate, gain, norm, silence, ...;
+any other effect raises an error naming it), and `info`/`load` through soundfile when torchcodec is absent.
 The s3prl plugin (`maebench.upstream.s3prl_expert`) installs it before importing s3prl.
 """
 
@@ -16,14 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["install_torchaudio_shim"]
+from maebench.errors import MaebenchError
 
-
-def _sox_effects_unavailable(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError(
-        "torchaudio.sox_effects was removed in torchaudio 2.9; this s3prl code path needs an older torchaudio "
-        "(maebench's shim only makes s3prl importable)"
-    )
+__all__ = ["import_s3prl_hub", "install_torchaudio_shim"]
 
 
 class _AudioInfo:
@@ -82,11 +78,14 @@ def install_torchaudio_shim() -> list[str]:
         torchaudio.list_audio_backends = lambda: ["soundfile"]  # type: ignore[attr-defined]
         added.append("list_audio_backends")
     if "torchaudio.sox_effects" not in sys.modules and not hasattr(torchaudio, "sox_effects"):
+        from . import sox_effects as effects
+
         stub = types.ModuleType("torchaudio.sox_effects")
-        stub.__doc__ = "maebench stub: sox effects are not available on torchaudio >= 2.9"
-        for name in ("apply_effects_tensor", "apply_effects_file", "effect_names", "init_sox_effects",
-                     "shutdown_sox_effects"):
-            setattr(stub, name, _sox_effects_unavailable)
+        stub.__doc__ = "maebench's replacement for torchaudio.sox_effects (removed in torchaudio 2.9)"
+        stub.apply_effects_file = effects.apply_effects_file  # type: ignore[attr-defined]
+        stub.apply_effects_tensor = effects.apply_effects_tensor  # type: ignore[attr-defined]
+        stub.effect_names = effects.effect_names  # type: ignore[attr-defined]
+        stub.init_sox_effects = stub.shutdown_sox_effects = lambda: None  # type: ignore[attr-defined]
         sys.modules["torchaudio.sox_effects"] = stub
         torchaudio.sox_effects = stub  # type: ignore[attr-defined]
         added.append("sox_effects")
@@ -99,3 +98,16 @@ def install_torchaudio_shim() -> list[str]:
         torchaudio.load = _soundfile_load  # type: ignore[assignment]
         added.append("load")
     return added
+
+
+def import_s3prl_hub() -> types.ModuleType:
+    """`s3prl.hub`, imported behind the shim (MaebenchError with the install line if s3prl is missing). The one
+    way into s3prl for the plugin (`s3prl_expert`) and the foreign-upstream adapter (`foreign_s3prl`)."""
+    install_torchaudio_shim()
+    try:
+        import s3prl.hub as hub
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] == "s3prl":
+            raise MaebenchError("s3prl is not installed; install the extra: pip install 'maebench[s3prl]'") from None
+        raise
+    return hub

@@ -9,6 +9,9 @@ MaeAstConfig and SsastConfig use the same name for the same thing, so `--set mod
     mask_type                      "chunk" (square chunks of tokens; the SSAST paper calls them clusters) |
                                    "random" | None (the tokenizer's published default)
     mask_min_side, mask_max_side   chunk sides, in tokens
+    mask_chunk_style               "public" (one side per mask, chunks wrap at the grid edge, as the public code
+                                   draws them) | "square" (a side per chunk, clipped); MAE-AST only so far
+    dropout_input                  dropout on the token embeddings in pretraining (MAE-AST only: SSAST has none)
 
 Quantities that differ keep different names: MAE-AST's `mask_ratio` (a fraction of each clip's tokens) is not
 SSAST's `num_masked` (a count on a fixed grid).
@@ -20,6 +23,7 @@ from the tables below and nowhere else; `to_config()` writes the new names.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -86,4 +90,20 @@ def config_from_dict(cls: type[Config], family: str, config: Mapping[str, Any]) 
         raise MaebenchError(
             f"{family} config: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
         )
+    for field in dataclasses.fields(cls):  # e.g. "depth": "six" in a config.json: a one-line error, not a TypeError
+        if field.name in fields and not _has_type(fields[field.name], str(field.type)):
+            raise MaebenchError(f"{family} config: {field.name} must be {field.type}, got {fields[field.name]!r}")
     return cls(**fields)
+
+
+_TYPE_CHECKS = {
+    "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool), "None": lambda v: v is None,
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether `value` fits a simple field annotation such as "int", "float" or "str | None" (others pass)."""
+    checks = [_TYPE_CHECKS.get(name.strip()) for name in annotation.split("|")]
+    return any(check is None or check(value) for check in checks)

@@ -23,16 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maebench.downstream.augment import SpecAugment, mixup
+from maebench.downstream.augment import NoiseRoll, SpecAugment, mixup
 from maebench.downstream.batching import eval_batches, pad_batch
 from maebench.downstream.device import device_autocast, module_device
 from maebench.downstream.heads import AvgTokHead, SuperbHead, token_width
 from maebench.downstream.metrics import task_score
+from maebench.downstream.probes.protocol import apply_input_protocol, training_fold
 from maebench.downstream.probes.result import ProbeResult
 from maebench.downstream.probes.settings import (
     FinetuneSettings,
     SsastFinetuneSettings,
     StepDecay,
+    protocol_family,
     resolve_settings,
     settings_dict,
 )
@@ -56,10 +58,13 @@ def finetune_probe(
     num_workers: int = 0,
 ) -> ProbeResult:
     """Fine-tune `upstream` (modified in place: pass a copy) with a classification head on `fold`."""
-    settings = settings if settings is not None else resolve_settings("finetune", task)
-    run = _setup(upstream, task, fold, settings, seed=seed, num_workers=num_workers)
+    settings = settings if settings is not None else resolve_settings("finetune", task,
+                                                                      family=protocol_family(upstream))
+    apply_input_protocol(upstream, settings)
+    run = _setup(upstream, task, training_fold(fold, settings), settings, seed=seed, num_workers=num_workers)
     start = time.perf_counter()
     upstream.fbank_augment = run.augment if run.augment.active else None
+    upstream.input_augment = NoiseRoll() if settings.noise_augment else None
     try:
         with progress_bar(quiet, unit="steps") as progress:
             bar = progress.add_task(f"finetune {task.name} {fold.name}", total=run.max_steps)
@@ -68,6 +73,7 @@ def finetune_probe(
                 _average_epoch(run)
     finally:
         upstream.fbank_augment = None
+        upstream.input_augment = None
     return _summary(run, start, quiet=quiet)
 
 
@@ -120,7 +126,7 @@ def _setup(upstream: Upstream, task, fold, settings: FinetuneSettings, *, seed: 
         upstream=upstream, head=head, task=task, fold=fold, settings=settings, device=device, dataset=dataset,
         loader=loader, generator=generator, optimizer=optimizer, scheduler=scheduler,
         train_targets=targets_for([ex.label for ex in fold.train], task), loss=loss_name(settings, task),
-        augment=SpecAugment(settings.freqm, settings.timem, settings.noise_augment), max_steps=max_steps,
+        augment=SpecAugment(settings.freqm, settings.timem), max_steps=max_steps,
         eval_every=eval_every, num_workers=num_workers,
         averaging=settings.weight_averaging if isinstance(settings, SsastFinetuneSettings) else None,
     )
@@ -136,13 +142,14 @@ def _make_head(upstream: Upstream, task, settings: FinetuneSettings) -> nn.Modul
         num_layers, dim = len(shape.hidden_states), shape.hidden_states[-1].shape[-1]
     if isinstance(settings, SsastFinetuneSettings):
         return AvgTokHead(dim, task.num_classes, token_width(upstream, dim))
-    return SuperbHead(num_layers, dim, task.num_classes, settings.projector_dim)
+    return SuperbHead(num_layers, dim, task.num_classes, settings.projector_dim, last_only=settings.layers == "last")
 
 
 def _train_crop(upstream: Upstream, task, settings: FinetuneSettings) -> int | None:
-    """Training clips are cropped to the task's train crop and to `target_length` fbank frames, the shorter."""
+    """Training clips are cropped to the task's train crop and to `target_length` fbank frames, the shorter (with
+    SSAST's global input the model itself cuts every clip to target_length from its start, as the reference)."""
     crops = [int(task.train_crop_seconds * int(upstream.sample_rate))] if task.train_crop_seconds else []
-    if settings.target_length:
+    if settings.target_length and getattr(upstream, "global_input", None) is None:
         crops.append(frames_to_samples(settings.target_length))
     return min(crops) if crops else None
 
@@ -192,7 +199,7 @@ def _train_epoch(run: _Run, advance: Callable[[], None]) -> None:
         wavs, lens, targets = mixup(wavs, lens, run.train_targets[indices], run.settings.mixup, run.generator)
         with device_autocast(run.device):
             features = run.upstream(wavs.to(run.device), lens.to(run.device))
-            logits = run.head.forward_frames(features.hidden_states, features.lens.to(run.device))
+            logits = run.head.forward_features(features)
         (soft_target_loss(logits, targets.to(run.device), run.loss) / accum).backward()
         micro += 1
         if micro % accum and micro != len(run.loader):
@@ -269,7 +276,8 @@ def _summary(run: _Run, start: float, *, quiet: bool) -> ProbeResult:
         hparams={**settings_dict(run.settings), "head": "superb" if superb else "ft_avgtok"},
         timings={"extract_s": 0.0, "train_s": train_s},
         details={"steps": run.step, "epochs": run.epoch, "best_step": run.best[1],
-                 "selection": "weight averaging" if run.average is not None else "best dev"},
+                 "selection": "weight averaging" if run.average is not None else (
+                     "best dev" if run.fold.dev else "last step (no dev split)")},
     )
 
 
@@ -320,7 +328,7 @@ def predict(
             bar = progress.add_task(description, total=len(examples))
             for indices, wavs, lens in batches:
                 features = upstream(wavs.to(device), lens.to(device))
-                logits = head.forward_frames(features.hidden_states, features.lens.to(device))
+                logits = head.forward_features(features)
                 out[indices] = logits.float().cpu().numpy()
                 progress.advance(bar, len(indices))
     finally:

@@ -68,9 +68,15 @@ class FinetuneSettings:
     mixup: float = 0.0  # probability of waveform mixup per item
     freqm: int = 0  # SpecAugment frequency mask width bound (fbank bins)
     timem: int = 0  # SpecAugment time mask width bound (fbank frames)
-    noise_augment: bool = False  # SSAST's noise + time roll on the filterbank
-    target_length: int | None = None  # train crop in fbank frames (None: the task's crop)
+    noise_augment: bool = False  # SSAST's noise + time roll on the normalised input
+    target_length: int | None = None  # "model": train crop in fbank frames; "global": the one input's length
     balanced_sampling: bool = False
+    # "model": the upstream's own geometry (SSAST: s3prl's windows); "global": SSAST's fine-tuning input, one
+    # target_length input normalised with fbank_mean / fbank_std (other families: target_length is a crop)
+    input_geometry: Literal["model", "global"] = "model"
+    normalise_padding: bool = True  # global input: pad then normalise (SSAST dataloader) or normalise then pad
+    feature_layout: Literal["frames", "tokens"] = "frames"  # per time step, or the model's token sequence
+    dev_holdout: bool = True  # False: train on train + dev, no model selection (the reference has no dev set)
     fbank_mean: float | None = None
     fbank_std: float | None = None
     source: str = ""
@@ -99,6 +105,7 @@ class SuperbFinetuneSettings(FinetuneSettings):
     max_steps: int
     eval_every: int = 0  # dev evaluation interval in updates (0: once per epoch)
     projector_dim: int = 256
+    layers: Literal["all", "last"] = "all"  # s3prl `-s hidden_states` (weighted sum) or `-s last_hidden_state`
 
 
 @dataclass(kw_only=True)
@@ -143,15 +150,36 @@ def settings_dict(settings: ProbeSettings) -> dict[str, Any]:
     return to_plain(settings)
 
 
-def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = None, *, origin: str = "--set"
-                     ) -> ProbeSettings:
-    """The task's settings for `probe` with `overrides` applied: `{"lr": "1e-3", "linear.max_steps": 50}` (text
-    or values, coerced to each field's type; a `<probe>.` prefix is allowed). An unknown key is a MaebenchError
-    listing the known ones."""
+def family_defaults(task, probe: str, family: str | None) -> tuple[dict[str, Any], str]:
+    """(the task's default settings of `probe` for an upstream `family`, the key they were found under).
+
+    `family` is the protocol key of the upstream ("ssast_patch", "mae_ast_frame", ...; see `protocol_family`):
+    `task.probe_defaults["by_family"]` is searched for it, then for its family alone ("ssast"), then the task's
+    plain defaults apply (key "default")."""
+    by_family = task.probe_defaults.get("by_family") or {}
+    base = family.rsplit("_", 1)[0] if family and family.endswith(("_patch", "_frame")) else family
+    for key in ([family, base] if family else []):
+        if probe in by_family.get(key, {}):
+            return by_family[key][probe], key
+    return task.probe_defaults.get(probe, {}), "default"
+
+
+def protocol_family(upstream) -> str | None:
+    """"<family>_<tokenizer>" of an upstream whose config names a tokenizer (MAE-AST, SSAST), else its family."""
+    family = getattr(upstream, "family", "") or None
+    tokenizer = upstream.to_config().get("tokenizer") if family else None
+    return f"{family}_{tokenizer}" if family and tokenizer else family
+
+
+def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = None, *, origin: str = "--set",
+                     family: str | None = None) -> ProbeSettings:
+    """The task's settings for `probe` (for an upstream of `family`, see `family_defaults`) with `overrides`
+    applied: `{"lr": "1e-3", "linear.max_steps": 50}` (text or values, coerced to each field's type; a `<probe>.`
+    prefix is allowed). An unknown key is a MaebenchError listing the known ones."""
     if probe not in PROBES:
         raise MaebenchError(f"unknown probe {probe!r}; use one of {', '.join(PROBES)}")
-    settings = settings_from_dict(probe, task.probe_defaults.get(probe, {}),
-                                  origin=f"{task.name} {probe} defaults")
+    defaults, _ = family_defaults(task, probe, family)
+    settings = settings_from_dict(probe, defaults, origin=f"{task.name} {probe} defaults")
     for key, value in (overrides or {}).items():
         set_field(settings, key.removeprefix(f"{probe}."), value, origin=origin, kind=f"{probe} setting",
                   scope=f"{task.name} {probe}")

@@ -60,6 +60,7 @@ class Task:
     probe_defaults: dict[str, dict]  # {"linear": {...}, "finetune": {...}, "logreg": {...}}
     is_toy: bool = False
     sample_weights: list[float] | None = None  # weights for a WeightedRandomSampler over folds[0].train
+    gain_db: float = 0.0  # applied to every waveform read (KS1: s3prl's sox effect "gain -3.0")
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -70,13 +71,16 @@ class Task:
         """1-D float32 16 kHz mono waveform of `example` (its window when offset/num_samples are set).
 
         Unreadable or empty audio raises MaebenchError naming the file: evaluation never drops items silently.
+        A task's `gain_db` scales it by 10 ** (gain_db / 20), as sox's `gain` effect does.
         """
-        return read_example(example)
+        wav = read_example(example)
+        return wav * 10.0 ** (self.gain_db / 20.0) if self.gain_db else wav
 
     def data_fingerprint(self) -> str:
         """Hash of every example list plus the size and mtime of every file: changes when the data changes."""
         if self._fingerprint is None:
-            self._fingerprint = fingerprint_folds(self.name, self.class_names, self.folds)
+            name = f"{self.name}@gain{self.gain_db:g}dB" if self.gain_db else self.name  # cached features change
+            self._fingerprint = fingerprint_folds(name, self.class_names, self.folds)
         return self._fingerprint
 
     def examples(self) -> list[Example]:

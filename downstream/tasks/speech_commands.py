@@ -45,6 +45,9 @@ KS1_TRAIN_DIR = "speech_commands_v0.01"
 KS1_TEST_DIR = "speech_commands_test_set_v0.01"
 _MAX_NUM_WAVS_PER_CLASS = 2**27 - 1
 _SILENCE_SEED = 12345
+# s3prl downstream/speech_commands/dataset.py line 22: EFFECTS = [["channels", "1"], ["rate", "16000"],
+# ["gain", "-3.0"]], applied to every KS1 file it reads (train, dev, test, _silence_ crops)
+KS1_GAIN_DB = -3.0
 
 
 def hash_percentage(filename: str) -> float:
@@ -194,7 +197,7 @@ def load_ks1(root: Path, probe_defaults: dict, is_toy: bool) -> Task:
     weights = [len(train) / counts[ex.label] for ex in train]
     fold = Fold("default", train, dev, test)
     return Task("ks1", root, "accuracy", list(KS1_CLASSES), False, [fold], None, None, probe_defaults, is_toy,
-                sample_weights=weights)
+                sample_weights=weights, gain_db=KS1_GAIN_DB)
 
 
 def _load_ks1_test(test_root: Path, index: dict[str, int]) -> list[Example]:

@@ -27,6 +27,22 @@ PEAK_BF16_FLOPS = {
 }
 
 
+def relative_speed(ratio: float) -> str:
+    """A time ratio (other's time / ours) in words: "2.3x faster", "1.1x slower", never "0.9x faster"."""
+    if ratio <= 0 or ratio != ratio:
+        return "speed not comparable"
+    if round(ratio, 1) == 1.0:
+        return f"as fast ({ratio:.2f}x)"
+    return f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
+
+
+def relative_memory(ratio: float) -> str:
+    """A peak-memory ratio (other's / ours) in words: "3.0x less peak memory" or "1.2x more peak memory"."""
+    if round(ratio, 1) == 1.0:
+        return f"the same peak memory ({ratio:.2f}x)"
+    return f"{ratio:.1f}x less peak memory" if ratio > 1 else f"{1 / ratio:.1f}x more peak memory"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=("tiny", "small", "base"), help="model size (CUDA: base, CPU: tiny)")
     parser.add_argument("--batch", type=_at_least(1), help="clips per step (CUDA: 128, CPU: 4)")
@@ -118,8 +134,8 @@ def _print_footer(rows: list[dict], gpu: str | None, peak: float | None, precisi
         if mae.get("step_s") and other.get("step_s"):
             memory = ""
             if mae.get("peak_bytes") and other.get("peak_bytes"):
-                memory = f", {other['peak_bytes'] / mae['peak_bytes']:.1f}x less peak memory"
-            print(f"{mae['label']} vs {other['label']}: {other['step_s'] / mae['step_s']:.1f}x faster{memory}")
+                memory = f", {relative_memory(other['peak_bytes'] / mae['peak_bytes'])}"
+            print(f"{mae['label']} vs {other['label']}: {relative_speed(other['step_s'] / mae['step_s'])}{memory}")
     if gpu and not peak and precision != "bf16":
         print("MFU not shown: the known peaks are bf16 ones; run with --precision bf16 or pass --peak-tflops")
     elif gpu and not peak:

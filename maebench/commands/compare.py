@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "mae_ast_patch, mae_ast_frame, mae_ast_patch_6, mae_ast_frame_6, ssast_patch, ssast_frame)")
     parser.add_argument("--out", default="runs/compare", metavar="DIR",
                         help="where compare.md/.csv/.png go (default: runs/compare)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse cells whose protocol differs from the paper's for their column (default: mark "
+                        "them with a dagger and list the differences)")
     parser.add_argument("--no-png", action="store_true", help="skip the bar chart")
     parser.add_argument("--quiet", action="store_true", help="no progress output from evaluations")
 
@@ -67,13 +70,16 @@ def run(args: argparse.Namespace) -> int:
     tasks = _tasks(args.task)
     if args.upstream and tasks:
         from maebench.downstream.evaluate import evaluate
+        from maebench.downstream.tasks.hear import hear_task_name
 
         for spec in args.upstream:
             for task in tasks:
-                if any(r.task == task and r.probe == args.probe and _matches(r, spec) for r in results):
+                recorded = hear_task_name(task) if task.startswith("hear:") else task  # hear:PATH -> hear-<name>
+                if any(r.task == recorded and r.probe == args.probe and _matches(r, spec) for r in results):
                     continue
                 # like `maebench eval --task all`: with several tasks, ROOT/<task> holds each dataset
                 data = Path(args.data).expanduser() / task if args.data and len(tasks) > 1 else args.data
+                data = None if task.startswith("hear:") else data  # hear:PATH names its own folder
                 record = evaluate(task, spec, data_root=data, probe=args.probe, seeds=args.seeds,
                                   out_dir=out / "evals", quiet=args.quiet, show_table=False)
                 results.append(read_result(record["results_path"]))
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise MaebenchError(f"no results.json found under {', '.join(args.results)}; run `maebench eval` first")
 
-    comparison = build_comparison(results, reference=args.reference)
+    comparison = build_comparison(results, reference=args.reference, strict=args.strict)
     render_rich(comparison)
     written = write_outputs(comparison, out, png=not args.no_png)
     for kind in ("markdown", "csv", "png"):

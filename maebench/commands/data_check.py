@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="as20k, as2m, esc50, ks2, ks1, sid or er")
+    parser.add_argument("--task", required=True,
+                        help="as20k, as2m, esc50, ks2, ks1, sid, er, or hear:PATH (a HEAR 2021 task folder)")
     parser.add_argument("--data", type=Path, default=None, metavar="ROOT", help="dataset root (default: toy data)")
     parser.add_argument("--fold", default=None, help="fold whose per-class counts to show (default: the first)")
     parser.add_argument("--deep", action="store_true", help="also open every audio file header")

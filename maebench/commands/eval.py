@@ -18,12 +18,21 @@ import sys
 TASK_CHOICES = ("as20k", "esc50", "ks2", "ks1", "sid", "er", "as2m", "all")
 
 
+def task_choice(text: str) -> str:
+    """A --task value: one of TASK_CHOICES, or hear:PATH (a HEAR 2021 task folder)."""
+    if text in TASK_CHOICES or text.startswith("hear:"):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(TASK_CHOICES)}, hear:PATH)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, choices=TASK_CHOICES, metavar="TASK",
-                        help="as20k | esc50 | ks2 | ks1 | sid | er | as2m | all (the paper's six)")
+    parser.add_argument("--task", required=True, type=task_choice, metavar="TASK",
+                        help="as20k | esc50 | ks2 | ks1 | sid | er | as2m | all (the paper's six) | hear:PATH (a "
+                             "HEAR 2021 scene task folder; linear and logreg probes)")
     parser.add_argument("--upstream", metavar="PATH|PRESET",
-                        help="checkpoint dir, training run dir, official checkpoint file or preset such as "
-                             "mae_ast_patch:tiny (default: the latest `maebench pretrain` run)")
+                        help="checkpoint dir, training run dir, official checkpoint file, preset such as "
+                             "mae_ast_patch:tiny, s3prl:NAME[:PATH] or hear:MODULE[:WEIGHTS] (default: the latest "
+                             "`maebench pretrain` run)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root in its official layout (default: toy data)")
     parser.add_argument("--probe", default="linear", choices=("linear", "finetune", "logreg"))
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per fold (default 1)")
@@ -51,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from maebench.paths import latest_pretrain_run
 
     overrides = parse_overrides(args.overrides)
+    if args.task.startswith("hear:") and args.probe == "finetune":
+        raise MaebenchError("HEAR tasks take the frozen probes (--probe linear or logreg), not finetune")
+    if args.device:  # a missing GPU is a one-line error before any work, as in `maebench pretrain`
+        from maebench.distributed import check_device
+
+        check_device(args.device)
     upstream = args.upstream
     if upstream is None:
         latest = latest_pretrain_run()

@@ -31,6 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run dir's checkpoints, metrics and config, then start again")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument("--loader", choices=("torch", "fairseq2"),
+                        help="data loader: torch (DataLoader worker processes, the default) or fairseq2 (its C++ "
+                             "pipeline, threads in one process; the fairseq2 extra); both give the same batches")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the metrics as TensorBoard events to RUN/tensorboard/")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: the run's own count on resume, else $OMP_NUM_THREADS, else every "
+                             "core this process may use; 1 is often faster on a busy shared machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress output (summary only)")
 
 
@@ -42,7 +50,8 @@ def build_config(args: argparse.Namespace):
     flags = {
         "model.name": args.model, "model.size": args.size, "data.source": args.data, "run_dir": args.run_dir,
         "train.max_steps": args.max_steps, "train.batch_size": args.batch_size,
-        "train.compile": "true" if args.compile else None,
+        "train.compile": "true" if args.compile else None, "data.loader": args.loader,
+        "train.tensorboard": "true" if args.tensorboard else None,
     }
     cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in flags.items() if v is not None], origin="option")
     return apply_overrides(cfg, args.overrides)
@@ -52,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
     from maebench.trainer import train
 
     cfg = build_config(args)
-    train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, threads=args.threads)
     return 0
