@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import re
@@ -120,10 +121,26 @@ def evaluate(
     run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
                           f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
-    write_text_atomic(results_path, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(results_path, strict_json(record))
     if show_table and not quiet:
         print_results_table([record])
     return {**record, "results_path": str(results_path)}
+
+
+def strict_json(record: dict[str, Any]) -> str:
+    """`record` as strict JSON (RFC 8259 has no NaN/Infinity, which Python writes by default and other readers
+    reject): a non-finite number is written as null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(record), indent=2, allow_nan=False) + "\n"
 
 
 def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
@@ -143,7 +160,7 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
         for key in ("selected_layer", "selected_C"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        for key in ("best_step", "selection"):
+        for key in ("best_step", "selection", "train_crops"):
             if key in result.details:
                 entry[key] = result.details[key]
         runs.append(entry)

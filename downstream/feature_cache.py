@@ -12,7 +12,8 @@ all cross-validation folds, every probe and every seed read the same rows. The k
 depend on: the upstream fingerprint (weights + config), the maebench version (model code), the task name and data
 fingerprint, the task's example list, the layer set, the evaluation crop, the pooling and the compute precision.
 Entries are written to a temporary directory and renamed into place, so a crash or a concurrent run never leaves a
-half-written entry; an entry missing a file is rebuilt, an unreadable one is a MaebenchError naming its folder.
+half-written entry (what a killed extraction left is swept by the next one); an entry missing a file is rebuilt, an
+unreadable one is a MaebenchError naming its folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from maebench import __version__
+from maebench.atomic import sweep_stale, temp_sibling
 from maebench.downstream.batching import eval_batches, masked_mean
 from maebench.downstream.device import device_autocast, module_device
 from maebench.errors import MaebenchError
@@ -41,6 +42,7 @@ from maebench.upstream.interface import Upstream
 
 CACHE_FORMAT = 1
 POOLING = "masked_mean"
+TMP_TAG = "tmp"  # an entry being written: `.KEY.tmp-PID-HOST-RANDOM` beside it (maebench.atomic.temp_sibling)
 
 
 @dataclass
@@ -125,6 +127,7 @@ def cached_features(
         examples=everything, layers=layers, max_eval_seconds=task.max_eval_seconds, precision=precision,
     )
     directory = (root or cache_dir()) / "features" / key
+    sweep_leftovers(directory.parent)
     hit, extract_s = _is_complete(directory), 0.0
     if not hit:
         if directory.exists():  # an entry damaged by hand (entries appear whole, by rename): ours to rebuild
@@ -180,9 +183,24 @@ def _open_rows(directory: Path, keys: list[str], *, hit: bool, extract_s: float)
     )
 
 
+def sweep_leftovers(features_dir: Path) -> list[Path]:
+    """Delete the half-written entries (`.KEY.tmp-PID-HOST-RANDOM`) of extractions killed on this host (kill -9,
+    out of memory, power loss); a live extraction's folder is kept. Returns what was deleted."""
+    swept: list[Path] = []
+    if not features_dir.is_dir():
+        return swept
+    marker = f".{TMP_TAG}-"
+    keys = {entry.name[1:].partition(marker)[0] for entry in features_dir.iterdir()
+            if entry.name.startswith(".") and marker in entry.name}
+    for key in sorted(keys):
+        swept += sweep_stale(features_dir / key, TMP_TAG)
+    return swept
+
+
 def _write_entry(directory: Path, upstream: Upstream, task, examples: Sequence, *, description: dict, **kwargs) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = temp_sibling(directory, TMP_TAG)
+    tmp.mkdir()
     try:
         features_path = tmp / "features.npy"
         lens = _extract_to(features_path, upstream, task, examples, **kwargs)

@@ -27,14 +27,23 @@ from maebench.errors import MaebenchError
 from maebench.upstream.frontend import SAMPLE_RATE
 
 SPEECH_BACKEND_ENV = "MAEBENCH_TOY_SPEECH"  # "espeak" | "procedural": overrides speech_backend="auto"
-ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")  # the toy tasks' voices
+# The pretraining corpus speaks with other voices only (Voice.variant >= len(ESPEAK_VARIANTS)), so no toy evaluation
+# speaker is ever heard in pretraining: espeak-ng variants and, for the formant fallback, other vocal-tract lengths.
+CORPUS_VARIANTS = ("m8", "klatt", "klatt2", "klatt3", "croak", "michel", "norbert", "adam", "linda", "annie",
+                   "belinda", "david")
+ALL_VARIANTS = ESPEAK_VARIANTS + CORPUS_VARIANTS
+EVAL_VOICE_VARIANTS = range(len(ESPEAK_VARIANTS))
+CORPUS_VOICE_VARIANTS = range(len(ESPEAK_VARIANTS), len(ALL_VARIANTS))
+_FEMALE = frozenset({7, 8, 9, 10, 11, 20, 21, 22})  # f1..f5, linda, annie, belinda
 
 
 @dataclass(frozen=True)
 class Voice:
     """A toy speaker in a given speaking style; the same fields drive espeak-ng and the formant fallback."""
 
-    variant: int  # index into ESPEAK_VARIANTS (m1..m7 male, f1..f5 female); the fallback maps it to tract length
+    variant: int  # index into ALL_VARIANTS (0-11 the toy tasks' m1..m7, f1..f5; 12+ the corpus's); the fallback
+    # maps it to a vocal-tract length
     pitch: int = 50  # 0..99 (espeak-ng -p)
     speed: int = 160  # words per minute (espeak-ng -s)
     volume: int = 100  # amplitude 0..200 (espeak-ng -a)
@@ -77,7 +86,7 @@ def espeak_say(text: str, voice: Voice) -> np.ndarray:
     """`text` spoken by espeak-ng (22.05 kHz output, resampled to 16 kHz); deterministic for a given version."""
     import soundfile as sf
 
-    variant = ESPEAK_VARIANTS[voice.variant % len(ESPEAK_VARIANTS)]
+    variant = ALL_VARIANTS[voice.variant % len(ALL_VARIANTS)]
     cmd = ["espeak-ng", "-v", f"en-us+{variant}", "-p", str(voice.pitch), "-s", str(voice.speed),
            "-a", str(voice.volume), "--stdout", text]
     proc = subprocess.run(cmd, capture_output=True, check=False)
@@ -111,14 +120,15 @@ _VOICED = {"m": (250, 1200, 2200), "n": (250, 1700, 2600), "l": (360, 1300, 2700
            "d": (300, 1700, 2600), "g": (300, 2000, 2500), "j": (280, 2100, 2900)}
 _NOISE = {"s": 6000, "f": 4200, "h": 1500, "t": 4500, "k": 2500, "p": 1000, "c": 3000, "x": 3500, "q": 2500}
 _PLOSIVES = set("bdgptkcq")
-_TRACT_SCALE = (0.92, 0.97, 1.0, 1.03, 1.06, 0.95, 1.09, 1.14, 1.18, 1.22, 1.16, 1.2)  # per variant
+_TRACT_SCALE = (0.92, 0.97, 1.0, 1.03, 1.06, 0.95, 1.09, 1.14, 1.18, 1.22, 1.16, 1.2,  # per variant: toy tasks,
+                0.9, 0.94, 0.985, 1.015, 1.045, 1.075, 1.11, 1.13, 1.15, 1.17, 1.21, 1.24)  # corpus (none shared)
 
 
 def formant_say(text: str, voice: Voice) -> np.ndarray:
     """`text` rendered by a small source-filter synthesiser: pulse train through formant resonators for vowels and
     voiced consonants, band-passed noise for fricatives and bursts. Deterministic in (text, voice)."""
     rng = np.random.default_rng(_stable_seed("formant", text, voice))
-    female = voice.variant % len(ESPEAK_VARIANTS) >= 7
+    female = voice.variant % len(ALL_VARIANTS) in _FEMALE
     f0 = (75.0 + 1.6 * voice.pitch) * (1.7 if female else 1.0)
     scale = _TRACT_SCALE[voice.variant % len(_TRACT_SCALE)]
     rate = 160.0 / max(voice.speed, 40)
@@ -330,3 +340,12 @@ def render_noise(kind: str, rng: np.random.Generator, seconds: float) -> np.ndar
     else:
         raise ValueError(f"unknown noise kind {kind!r}")
     return normalise(wav, 0.3)
+
+
+def mix_at_snr(wav: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """`wav` plus `noise` (tiled or cut to its length) scaled to the given signal-to-noise ratio (RMS, dB): the
+    toy tasks' recording conditions, which keep random-init features off the ceiling."""
+    noise = np.resize(noise, wav.shape).astype(np.float64)
+    signal_rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64)))) or 1e-4
+    noise_rms = float(np.sqrt(np.mean(np.square(noise)))) or 1.0
+    return (wav + noise * signal_rms / noise_rms * 10 ** (-snr_db / 20)).astype(np.float32)

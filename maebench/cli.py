@@ -20,6 +20,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "eval": "maebench.commands.eval",
     "compare": "maebench.commands.compare",
     "convert": "maebench.commands.convert",
+    "run": "maebench.commands.run",
+    "demo": "maebench.commands.demo",
     "data": {
         "manifest": "maebench.commands.data_manifest",
         "toy": "maebench.commands.data_toy",

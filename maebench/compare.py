@@ -72,6 +72,7 @@ PAPER: dict[str, Reference] = {ref.key: ref for ref in (
 )}
 PAPER_NOTE = "Paper rows: MAE-AST paper (Baade et al., 2022), fine-tuned upstreams; AS-20K is mAP %, others accuracy %."
 PROTOCOL_NOTE = "† protocol differs from the one behind the paper's number for that column:"
+MERGE_NOTE = "note: results measured on different data or with different settings (not comparable as they stand):"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class Result:
     created: str
     toy: bool = False
     protocol: dict[str, Any] | None = None  # results.json "protocol" (None: not recorded, 0.1.0)
+    data_root: str | None = None  # results.json data.root: the dataset the score was measured on
+    hparams: dict[str, Any] | None = None  # results.json probe.hparams: the probe settings used
 
 
 def protocol_label(result: Result) -> str:
@@ -149,6 +152,7 @@ class Comparison:
     tasks: list[str]
     rows: list[Row]
     references: list[Reference]
+    notes: list[str] = field(default_factory=list)  # what was merged from different data roots or settings
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -177,7 +181,8 @@ def read_result(path: str | Path) -> Result:
     upstream = data["upstream"] if isinstance(data["upstream"], dict) else {"name": str(data["upstream"])}
     probe = data.get("probe") or {}
     std = data.get("std")
-    toy = bool((data.get("data") or {}).get("toy")) if isinstance(data.get("data"), dict) else False
+    dataset = data["data"] if isinstance(data.get("data"), dict) else {}
+    hparams = probe.get("hparams") if isinstance(probe, dict) else None
     return Result(
         path=path,
         task=str(data["task"]),
@@ -189,8 +194,10 @@ def read_result(path: str | Path) -> Result:
         family=str(upstream.get("family") or ""),
         probe=str(probe.get("name") if isinstance(probe, dict) else probe or "?"),
         created=str(data.get("created") or ""),
-        toy=toy,
+        toy=bool(dataset.get("toy")),
         protocol=data["protocol"] if isinstance(data.get("protocol"), dict) else None,
+        data_root=None if dataset.get("root") is None else str(dataset["root"]),
+        hparams=hparams if isinstance(hparams, dict) else None,
     )
 
 
@@ -254,12 +261,15 @@ def build_comparison(results: list[Result], reference: str | None = None, *, str
         raise MaebenchError(f"unknown reference {reference!r}; choose one of {', '.join(PAPER)}")
     probes = {r.probe for r in results}
     rows: dict[tuple[str, str, bool], Row] = {}
+    older: dict[tuple[int, str], list[Result]] = {}  # (row, task) -> results a newer one replaced
     for result in sorted(results, key=lambda r: r.created):
         key = (result.upstream, result.probe, result.toy)
         if key not in rows:
             label = result.upstream if len(probes) == 1 else f"{result.upstream} ({result.probe})"
             label += " [toy data]" if result.toy else ""
             rows[key] = Row(label, result.upstream, result.probe, result.family, result.upstream_path, result.toy)
+        if result.task in rows[key].results:
+            older.setdefault((id(rows[key]), result.task), []).append(rows[key].results[result.task])
         rows[key].results[result.task] = result  # sorted by creation: the newest wins
     for row in rows.values():
         row.reference = PAPER[reference] if reference else infer_reference(row.upstream, row.family,
@@ -268,11 +278,60 @@ def build_comparison(results: list[Result], reference: str | None = None, *, str
     tasks = [t for t in TASK_LABELS if t in seen] + sorted(seen - set(TASK_LABELS))
     used = [ref for ref in PAPER.values() if any(row.reference is ref for row in rows.values())]
     comparison = Comparison(tasks=tasks, rows=list(rows.values()), references=used or list(PAPER.values()))
+    comparison.notes = merge_notes(comparison, older)
     if strict and protocol_notes(comparison):
         cells = "; ".join(protocol_notes(comparison))
         raise MaebenchError(f"cells whose protocol differs from the paper's: {cells}; evaluate them with "
                             "--probe finetune and the default settings, or compare without --strict")
     return comparison
+
+
+def _setting_differences(results: list[Result]) -> list[str]:
+    """"key: a vs b" for each probe setting whose value differs among `results` (in their order)."""
+    out = []
+    keys = sorted({key for r in results for key in (r.hparams or {})})
+    for key in keys:
+        values = list(dict.fromkeys(json.dumps((r.hparams or {}).get(key)) for r in results))
+        if len(values) > 1:
+            out.append(f"{key}: {' vs '.join(values)}")
+    return out
+
+
+def _differences(results: list[Result]) -> list[str]:
+    """How `results` differ in what they were measured on: data roots, then probe settings."""
+    out = []
+    roots = list(dict.fromkeys(str(r.data_root) for r in results))
+    if len(roots) > 1:
+        out.append(f"data roots ({' vs '.join(roots)})")
+    settings = _setting_differences([r for r in results if r.probe == results[0].probe])
+    if settings:
+        out.append(f"settings ({'; '.join(settings)})")
+    return out
+
+
+def merge_notes(comparison: Comparison, older: dict[tuple[int, str], list[Result]]) -> list[str]:
+    """Where the table puts side by side (a column) or chooses between (a cell) results measured on different
+    data roots or with different probe settings: such numbers are not comparable, and nothing else would say so."""
+    notes = []
+    for task in comparison.tasks:
+        label = TASK_LABELS.get(task, task)
+        cells = [(row, row.results[task]) for row in comparison.rows if task in row.results]
+        groups: dict[tuple, list[tuple[Row, Result]]] = {}  # rows meant to be alike: same probe, data kind and
+        for row, result in cells:  # default settings (fine-tuning defaults differ per family by design)
+            settings_for = (result.protocol or {}).get("settings_for")
+            groups.setdefault((row.probe, row.toy, settings_for), []).append((row, result))
+        for (probe, _, _), members in groups.items():
+            diffs = _differences([result for _, result in members])
+            if diffs:
+                rows = ", ".join(row.label for row, _ in members)
+                notes.append(f"{label} column ({probe}: {rows}) merges results with different {'; '.join(diffs)}")
+        for row, result in cells:
+            replaced = older.get((id(row), task), [])
+            diffs = _differences([result, *replaced]) if replaced else []
+            if diffs:
+                notes.append(f"{row.label} {label}: the newest of {len(replaced) + 1} results is shown "
+                             f"({result.path}); the others had different {'; '.join(diffs)}")
+    return notes
 
 
 def protocol_notes(comparison: Comparison) -> list[str]:
@@ -324,7 +383,9 @@ def render_markdown(comparison: Comparison) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in line) + " |" for line in lines]
     notes = "".join(f"\n- † {note}" for note in protocol_notes(comparison))
-    return "\n".join(out) + f"\n\n{PAPER_NOTE}\n" + (f"\n{PROTOCOL_NOTE}{notes}\n" if notes else "")
+    merged = "".join(f"\n- {note}" for note in comparison.notes)
+    return ("\n".join(out) + f"\n\n{PAPER_NOTE}\n" + (f"\n{PROTOCOL_NOTE}{notes}\n" if notes else "")
+            + (f"\n{MERGE_NOTE}{merged}\n" if merged else ""))
 
 
 def render_csv(comparison: Comparison) -> str:
@@ -373,14 +434,27 @@ def render_rich(comparison: Comparison, console: Any = None) -> None:
 
     header, lines = _table_lines(comparison)
     notes = "".join(f"\n† {note}" for note in protocol_notes(comparison))
-    table = Table(title="maebench compare", caption=PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else ""))
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+    merged = "".join(f"\n- {note}" for note in comparison.notes)
+    caption = PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else "") + (f"\n{MERGE_NOTE}{merged}" if merged
+                                                                          else "")
+    table = Table(title="maebench compare", caption=escape(caption))
+    for i, name in enumerate(header):  # names and numbers wrap on a narrow terminal, never lose characters
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
     for line in lines:
         style = "dim" if line[0].endswith("(paper)") or line[0] == "  protocol" else (
             "italic" if line[0].startswith("  Δ") else None)
         table.add_row(*(escape(cell) for cell in line), style=style)
-    (console or Console()).print(table)
+    console = console or Console()
+    if not console.is_terminal:  # a pipe or a file has no width: print every name whole, on one line
+        from rich.measure import Measurement
+
+        wide = Console(width=100_000, file=console.file, color_system=None)
+        table.caption = None  # the caption wraps to the table's width; printed whole below it instead
+        width = Measurement.get(wide, wide.options, table).maximum
+        Console(width=max(width, 80), file=console.file, color_system=None).print(table)
+        wide.print(caption, soft_wrap=True, markup=False, highlight=False)
+        return
+    console.print(table)
 
 
 def write_png(comparison: Comparison, path: str | Path) -> Path:

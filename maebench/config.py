@@ -180,14 +180,19 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
     raise MaebenchError(f"recipe {recipe} not found: give a YAML file path or a bundled recipe name ({names})")
 
 
-def load_recipe(recipe: str | Path) -> PretrainConfig:
-    """The defaults overridden by a recipe file (nested YAML mapping of sections)."""
+def read_recipe_yaml(recipe: str | Path) -> tuple[Path, Any]:
+    """(path, parsed YAML) of a recipe file or bundled name; unreadable YAML is a one-line error."""
     path = resolve_recipe_path(recipe)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return path, yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MaebenchError(f"recipe {path} could not be read as YAML ({detail}): fix the file") from None
+
+
+def load_recipe(recipe: str | Path) -> PretrainConfig:
+    """The defaults overridden by a recipe file (nested YAML mapping of sections)."""
+    path, data = read_recipe_yaml(recipe)
     return from_dict(data, origin=f"recipe {path}")
 
 

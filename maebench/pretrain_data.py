@@ -17,12 +17,15 @@ training device.
 These rules (`batch_plan`, `checked_clip`, `CollateClips`) are the only ones: `maebench.fairseq2_data` (`--loader
 fairseq2`) decodes with fairseq2's pipeline instead of DataLoader workers and delivers the same batches.
 
-Bad files (unreadable, corrupt, empty, too short) never stop a run: the dataset hands them back as skipped and the
-collate step drops them, so the trainer can count them and name the first few.
+Bad files (unreadable, corrupt, empty, too short, non-finite or absurdly loud) never stop a run: the dataset hands
+them back as skipped and the collate step drops them, so the trainer can count them and name the first few (it
+stops when a whole logging window had no good clip). Each batch knows its rows' items (`ClipBatch.indices`), so
+the trainer can name the files of a batch whose loss was not finite and drop them on resume.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +114,14 @@ def checked_clip(
     wav: Tensor | None, key: tuple[int, int], path: str, min_samples: int
 ) -> tuple[Tensor, tuple[int, int], str | None]:
     """The one rule for a bad file, whichever loader decoded it: no waveform (unreadable), not 1-D, under
-    `min_samples` or non-finite -> (empty, key, path); else (float32 clip, key, None)."""
-    if wav is None or wav.ndim != 1 or wav.numel() < min_samples or not bool(torch.isfinite(wav).all()):
+    `min_samples`, non-finite or beyond +-MAX_AMPLITUDE (maebench.audio) -> (empty, key, path); else (float32
+    clip, key, None)."""
+    from maebench.audio import MAX_AMPLITUDE
+
+    if wav is None or wav.ndim != 1 or wav.numel() < min_samples:
+        return _EMPTY, key, path
+    peak = float(wav.abs().amax())  # NaN and Inf propagate through the max
+    if not math.isfinite(peak) or peak > MAX_AMPLITUDE:
         return _EMPTY, key, path
     return wav.to(torch.float32), key, None
 
@@ -213,10 +222,22 @@ class ClipBatch:
     wavs: Tensor
     lens: Tensor
     skipped: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # item index of each row: names the files of a batch
 
     def pin_memory(self) -> ClipBatch:
         """Called by the DataLoader when pin_memory=True (custom batch types must pin themselves)."""
-        return ClipBatch(self.wavs.pin_memory(), self.lens.pin_memory(), self.skipped)
+        return ClipBatch(self.wavs.pin_memory(), self.lens.pin_memory(), self.skipped, self.indices)
+
+    def without(self, items: Sequence[AudioItem], drop: set[str]) -> ClipBatch:
+        """This batch less the rows whose file is in `drop` (those files join `skipped`); the batch itself when
+        none is. The other rows keep their crops, so the rest of the run sees the data it would have seen."""
+        keep = [row for row, index in enumerate(self.indices) if str(items[index].path) not in drop]
+        if len(keep) == len(self.indices):
+            return self
+        dropped = [str(items[index].path) for row, index in enumerate(self.indices) if row not in keep]
+        rows = torch.tensor(keep, dtype=torch.long)
+        return ClipBatch(self.wavs[rows], self.lens[rows], [*self.skipped, *dropped],
+                         [self.indices[row] for row in keep])
 
     def __len__(self) -> int:
         return self.wavs.shape[0]
@@ -250,7 +271,7 @@ class CollateClips:
             piece = wav[start : start + length]
             wavs[row, : piece.numel()] = piece
             lens[row] = piece.numel()
-        return ClipBatch(wavs, lens, skipped)
+        return ClipBatch(wavs, lens, skipped, [index for _, (index, _) in good])
 
 
 def bucket_lengths(items: Sequence[AudioItem], clip_samples: int) -> list[int] | None:

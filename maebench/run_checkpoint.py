@@ -42,6 +42,7 @@ from maebench.upstream.checkpoint import (
 
 FORMAT = "maebench-trainer"
 TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard/: TensorBoard events of the metrics (train.tensorboard)
+SKIP_FILES = "skip_files.txt"  # RUN/skip_files.txt: audio files a (resumed) run leaves out (maebench.trainer)
 FORMAT_VERSION = 1
 
 
@@ -284,7 +285,7 @@ def check_run_dir(run_dir: Path) -> None:
 def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
-        if path.name == RUN_LOCK_FILE:
+        if path.name in (RUN_LOCK_FILE, SKIP_FILES):
             return path.is_file()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)

@@ -5,10 +5,10 @@ A dataclass is the single source of truth for the fields, their types and their 
 both go through the same rules:
 
 - bool: true/false, yes/no, on/off, 1/0; int: an integral number (`1e3` is 1000, `1.5` is an error); float: any
-  number (YAML 1.1 misses `3e-4`, so it is read here); str: as given; Literal[...]: one of the choices;
-  Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many comma-separated values (`0.9,0.98`,
-  `[0.9, 0.98]`); tuple[X, ...]: any number of them; dict: a mapping (YAML flow syntax from text);
-  a dataclass: a mapping of its fields (parsed by these rules, unknown keys rejected).
+  finite number (YAML 1.1 misses `3e-4`, so it is read here; nan and inf are errors); str: as given;
+  Literal[...]: one of the choices; Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many
+  comma-separated values (`0.9,0.98`, `[0.9, 0.98]`); tuple[X, ...]: any number of them; dict: a mapping (YAML
+  flow syntax from text); a dataclass: a mapping of its fields (parsed by these rules, unknown keys rejected).
 - an unknown key is a MaebenchError listing the keys that exist there; a bad value names the key and what it wants.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -157,6 +158,8 @@ def _scalar(value: Any, hint: type, key: str, origin: str) -> Any:
     number = parse_scalar(value) if isinstance(value, str) else value
     if isinstance(number, bool) or not isinstance(number, int | float):
         raise _bad(value, key, origin, "an integer" if hint is int else "a number")
+    if not math.isfinite(number):  # nan / inf / .inf: never a meaningful learning rate, length or weight
+        raise _bad(value, key, origin, "a finite integer" if hint is int else "a finite number")
     if hint is int:
         if float(number) != int(number):
             raise _bad(value, key, origin, "an integer")

@@ -37,6 +37,7 @@ from maebench.progress import progress_bar
 from maebench.upstream import checkpoint as layout
 from maebench.upstream.frontend import SAMPLE_RATE, SSAST_FBANK, num_frames
 
+SKIP_FILES = ckpt.SKIP_FILES
 NEXT_COMMAND = "maebench eval --task ks2"
 MAX_SKIPPED_LISTED = 1000  # bad files remembered by name in trainer.pt (all are counted)
 
@@ -268,22 +269,45 @@ class Reporter:
 class Window:
     """Sums over the optimizer steps since the last host sync, kept on the device (no .item() per step)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, start_step: int = 0) -> None:
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, loss weight, clips, non-finite
         self.stats: dict[str, torch.Tensor] = {}
         self.start = time.perf_counter()
+        self.first_step = start_step + 1
+        # per micro-batch: (step, item indices) and a device flag "loss or the step's gradients not finite", read
+        # only when the window is not finite, to name the files of the first bad batch
+        self.batches: list[tuple[int, list[int]]] = []
+        self.flags: list[torch.Tensor] = []
 
-    def add_loss(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], weight: float, clips: int) -> None:
+    def add_loss(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], weight: float, clips: int,
+                 step: int = 0, indices: list[int] | None = None) -> None:
         detached = loss.detach().double()
         self.sums[0] += detached * weight
         self.sums[1] += weight
         self.sums[2] += clips
-        self.sums[3] += (~torch.isfinite(detached)).double()
+        bad = (~torch.isfinite(detached)).double()
+        self.sums[3] += bad
+        self.batches.append((step, list(indices or [])))
+        self.flags.append(bad)
         for name, value in stats.items():
             self.stats[name] = self.stats.get(name, 0.0) + value.detach().double() * weight
 
-    def add_grad_norm(self, grad_norm: torch.Tensor) -> None:
-        self.sums[3] += (~torch.isfinite(grad_norm)).double()
+    def add_grad_norm(self, grad_norm: torch.Tensor, micro_batches: int = 1) -> None:
+        bad = (~torch.isfinite(grad_norm)).double()
+        self.sums[3] += bad
+        for i in range(1, min(micro_batches, len(self.flags)) + 1):  # the step's micro-batches share the blame
+            self.flags[-i] = self.flags[-i] + bad
+
+    def first_bad_batch(self) -> tuple[int, list[int]] | None:
+        """(step, item indices) of this process's first micro-batch with a non-finite loss or gradient."""
+        if not self.flags:
+            return None
+        flags = torch.stack(self.flags).tolist()
+        bad = [i for i, flag in enumerate(flags) if flag > 0]
+        if not bad:
+            return None
+        step = self.batches[bad[0]][0]
+        return step, [index for i in bad if self.batches[i][0] == step for index in self.batches[i][1]]
 
     def reduce(self, env: ddp.DistEnv) -> tuple[list[float], dict[str, float]]:
         """Collective: the window summed over every rank, as (sums, {stat: sum}) on the host."""
@@ -294,10 +318,12 @@ class Window:
         stats = ddp.all_reduce_sum(torch.stack([self.stats[n] for n in names]), env).tolist()
         return sums, dict(zip(names, stats, strict=True))
 
-    def reset(self) -> None:
+    def reset(self, step: int) -> None:
         self.sums.zero_()
         self.stats = {}
         self.start = time.perf_counter()
+        self.first_step = step + 1
+        self.batches, self.flags = [], []
 
 
 class TensorBoardLog:
@@ -420,7 +446,8 @@ class Pretrainer:
         self.batches = BatchStream(items, self.cfg, self.micro_batch, self.env, self.state)
         self.skipped = SkippedFiles(self.state)
         self.grad_norm = torch.zeros((), device=self.device)
-        self.window = Window(self.device)
+        self.window = Window(self.device, self.start_step)
+        self.skip_files = read_skip_files(self.run_dir, quiet=self.quiet or not self.env.is_main)
 
     def _list_data(self) -> list:
         """The training clips; rank 0 lists them first (and may build the toy corpus for everyone)."""
@@ -522,7 +549,7 @@ class Pretrainer:
         # clip_grad_norm_ also measures the norm; max_norm=inf measures without clipping
         max_norm = self.cfg.optim.clip_grad_norm if self.cfg.optim.clip_grad_norm > 0 else float("inf")
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.window.add_grad_norm(self.grad_norm)
+        self.window.add_grad_norm(self.grad_norm, micro_batches=accum)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -531,6 +558,8 @@ class Pretrainer:
     def _micro_step(self, *, last: bool) -> None:
         """Forward and backward of one micro-batch; DDP all-reduces the gradients on the last one only."""
         batch = self.batches.next()
+        if self.skip_files:
+            batch = batch.without(self.batches.items, self.skip_files)
         self.skipped.add(batch.skipped)
         wavs, lens, weight = batch.wavs, batch.lens, 1.0
         if wavs.shape[0] == 0:  # every clip bad: run a zero-weight dummy so DDP ranks stay in step
@@ -543,7 +572,8 @@ class Pretrainer:
             with self._autocast():
                 loss, stats = self.step_module(wavs, lens)
             (loss * (weight / self.cfg.train.grad_accum)).backward()
-        self.window.add_loss(loss, stats, weight, clips=batch.wavs.shape[0])
+        self.window.add_loss(loss, stats, weight, clips=batch.wavs.shape[0], step=self.state.step + 1,
+                             indices=batch.indices)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -553,12 +583,10 @@ class Pretrainer:
     def end_window(self) -> dict[str, Any]:
         """Host sync point: check the window finite, append its metrics record (rank 0 writes), start a new one."""
         sums, stats = self.window.reduce(self.env)
+        if sums[2] == 0:
+            self._no_audio_error()
         if sums[3] > 0:
-            good = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
-            raise MaebenchError(
-                f"loss or gradients became NaN/inf before step {self.state.step}; stopped without saving. "
-                f"Last good checkpoint: {good}. Lower optim.lr (or check the data) and rerun with --resume"
-            )
+            self._nonfinite_error()
         elapsed = time.perf_counter() - self.window.start
         clips, weight = int(sums[2]), max(sums[1], 1e-12)
         self.clips_total += clips
@@ -578,8 +606,43 @@ class Pretrainer:
         _main_first(self.env, append)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
-        self.window.reset()
+        self.window.reset(self.state.step)
         return record
+
+    def _no_audio_error(self) -> None:
+        """Stop (collectively) when a whole logging window had no good clip: a loss of 0.0 and a checkpoint of an
+        untrained model would otherwise pass for a run."""
+        examples = ddp.all_gather_objects(self.skipped.pending[:3] or self.state.skipped[-3:], self.env)
+        named = ", ".join(dict.fromkeys(p for paths in examples for p in paths)) or "none named"
+        raise MaebenchError(
+            f"no readable audio in steps {self.window.first_step}-{self.state.step}: every clip drawn was missing, "
+            f"unreadable, empty, too short, non-finite or too loud (e.g. {named}); stopped without saving. Check "
+            f"--data {self.cfg.data.source} (`maebench data manifest` lists what can be read)"
+        )
+
+    def _nonfinite_error(self) -> None:
+        """Stop (collectively) on a non-finite loss or gradient, naming the files of the first batch it came from;
+        they are written to RUN/skip_files.txt, which a --resume leaves out."""
+        local = self.window.first_bad_batch()
+        if local is not None:  # paths, not indices: every rank lists the same items, but say what they are
+            local = (local[0], [str(self.batches.items[i].path) for i in local[1]])
+        culprits = [item for item in ddp.all_gather_objects(local, self.env) if item is not None]
+        good = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
+        message = (f"loss or gradients became NaN/inf before step {self.state.step}; stopped without saving. "
+                   f"Last good checkpoint: {good}.")
+        if culprits:
+            step = min(step for step, _ in culprits)
+            found = sorted({path for at, paths in culprits if at == step for path in paths})
+            if found and self.env.is_main:
+                with _writing(self.run_dir, self.last_checkpoint):
+                    add_skip_files(self.run_dir, found)
+            shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+            message += (f" It first happened at step {step}, in the batch of {shown}. These files are now in "
+                        f"{self.run_dir / SKIP_FILES}, which --resume leaves out; if they are fine (delete them "
+                        "from that list), lower optim.lr instead")
+        else:
+            message += " Lower optim.lr (or check the data)"
+        raise MaebenchError(message + " and rerun with --resume")
 
     def save_checkpoint(self) -> None:
         """Gather every rank's bad files and RNG streams, then rank 0 writes; all ranks wait for it."""
@@ -655,6 +718,33 @@ def _writing(run_dir: Path, last_checkpoint: Path | None):
                             "permissions and rerun the same command to resume, or choose another --run-dir") from None
 
 
+def read_skip_files(run_dir: Path, *, quiet: bool = True) -> set[str]:
+    """The audio files RUN/skip_files.txt tells this run to leave out (one path a line, as the data lists them;
+    `#` starts a comment): written when a batch made the loss non-finite, editable by hand."""
+    path = run_dir / SKIP_FILES
+    if not path.is_file():
+        return set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MaebenchError(f"cannot read {path} ({err}); fix or delete it") from None
+    skip = {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+    if skip and not quiet:
+        print(f"note: leaving out the {len(skip)} file(s) listed in {path}", flush=True)
+    return skip
+
+
+def add_skip_files(run_dir: Path, paths: list[str]) -> None:
+    """Add `paths` to RUN/skip_files.txt (kept: what is already listed, comments included)."""
+    path = run_dir / SKIP_FILES
+    old = path.read_text(encoding="utf-8") if path.is_file() else (
+        "# audio files maebench pretrain leaves out of this run (one a line); written when a batch of them made the "
+        "loss non-finite\n")
+    listed = {line.strip() for line in old.splitlines()}
+    new = [p for p in paths if p not in listed]
+    write_text_atomic(path, old + ("" if old.endswith("\n") else "\n") + "".join(f"{p}\n" for p in new))
+
+
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -672,7 +762,8 @@ def _print_summary(result: TrainResult, env: ddp.DistEnv, device: torch.device) 
     if result.num_skipped:
         listed = ", ".join(result.skipped[:5])
         more = " ..." if result.num_skipped > 5 else ""
-        print(f"skipped {result.num_skipped} unreadable, empty or too-short file(s): {listed}{more}")
+        print(f"skipped {result.num_skipped} unreadable, empty, too short, non-finite, too loud or listed-to-skip "
+              f"file(s): {listed}{more}")
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
         print(f"next: {NEXT_COMMAND}   (evaluates this run: it is now the latest pretraining run)")

@@ -1,7 +1,11 @@
 """Test-wide isolation: every test gets its own maebench cache directory and a fixed seed."""
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("MAEBENCH_TOY_SIZE", "small")  # toy datasets at their small size unless a test asks for full
 
 
 @pytest.fixture(autouse=True)

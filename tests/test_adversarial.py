@@ -13,7 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from helpers import one_line_error, save_in_run, write_tone_clips, write_wav
 
@@ -320,3 +322,86 @@ def test_corpus_build_left_by_a_killed_process_is_swept(tmp_path):
     assert toy_corpus.ensure_toy_corpus(tmp_path, num_clips=6) == final
     assert not leftover.exists() and live.is_dir()
     assert len(list((final / "clips").glob("*.wav"))) == 6
+
+
+# ---------------------------------------------------------------------------------------- 5. non-finite audio (eval)
+
+
+def test_a_nan_file_in_an_evaluation_set_is_an_error_naming_it(tmp_path):
+    """It used to give NaN features, a chance-level score, exit 0 and NaN in results.json."""
+    from test_probes import SpectrumUpstream, make_task
+
+    from maebench.downstream.probes import logreg_probe
+
+    task = make_task(tmp_path / "data", per_class=(2, 1, 1))
+    victim = task.folds[0].test[2].path
+    wav, rate = sf.read(str(victim), dtype="float32")
+    wav[100:110] = np.nan
+    sf.write(str(victim), wav, rate, subtype="FLOAT")
+    with pytest.raises(MaebenchError) as excinfo:
+        logreg_probe(SpectrumUpstream(), task, task.folds[0], seed=0)
+    one_line_error(excinfo, str(victim), "NaN/Inf")
+
+
+# ------------------------------------------------------------------------------- 6. pretraining without good audio
+
+
+def test_pretraining_on_unreadable_files_stops_instead_of_succeeding(tmp_path, capsys):
+    """Every file unreadable used to 'succeed' (loss 0.0) and leave a checkpoint that became the latest run."""
+    from maebench.paths import latest_pretrain_run
+
+    data = tmp_path / "broken"
+    data.mkdir()
+    for i in range(6):
+        (data / f"clip_{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all" * (i + 1))
+    before = latest_pretrain_run()
+    run = tmp_path / "run"
+    with pytest.raises(MaebenchError) as excinfo:
+        trainer.train(tiny_config(data, run, "train.max_steps=4"), quiet=True)
+    one_line_error(excinfo, "no readable audio in steps 1-2", str(data / "clip_"), "stopped without saving")
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+    assert latest_pretrain_run() == before
+    assert main(["pretrain", "--run-dir", str(tmp_path / "run2"), "--set", f"data.source={data}", "--set",
+                 "data.clip_seconds=0.5", "--set", "data.num_workers=0", "--set", TINY_MODEL, "--set",
+                 "train.device=cpu", "--max-steps", "2", "--batch-size", "4", "--quiet"]) == 2
+    assert "no readable audio" in capsys.readouterr().err
+
+
+def test_a_file_that_makes_the_loss_non_finite_is_named_and_skipped_on_resume(tmp_path, monkeypatch):
+    """A loud (but finite) file whose batch gives a NaN loss: the error names the batch's files, writes them to
+    RUN/skip_files.txt, and the rerun leaves them out and trains to the end."""
+    from maebench import distributed as ddp
+
+    data = write_tone_clips(tmp_path / "clips", count=7)
+    loud = write_wav(data / "loud.wav", (30 * np.sin(np.arange(12000) / 7)).astype(np.float32), subtype="FLOAT")
+    real_forward = ddp.PretrainStep.forward
+
+    def forward(self, wavs, lens):  # stands in for a model whose loss overflows on a file far too loud
+        loss, stats = real_forward(self, wavs, lens)
+        return (loss * float("nan") if bool((wavs.abs() > 10).any()) else loss), stats
+
+    monkeypatch.setattr(ddp.PretrainStep, "forward", forward)
+    run = tmp_path / "run"
+    cfg = tiny_config(data, run, "train.max_steps=4")  # 8 clips, batches of 4: two batches an epoch
+    with pytest.raises(MaebenchError) as excinfo:
+        trainer.train(cfg, quiet=True)
+    message = one_line_error(excinfo, str(loud), f"{run / 'skip_files.txt'}, which --resume leaves out",
+                             "none was written yet")
+    assert "It first happened at step " in message
+    listed = [line for line in (run / "skip_files.txt").read_text().splitlines() if not line.startswith("#")]
+    assert str(loud) in listed and len(listed) == 4  # the batch's four files
+    result = trainer.train(cfg, quiet=True, resume=True)
+    assert result.steps == 4 and all(np.isfinite(loss) for _, loss in result.losses)
+    assert str(loud) in result.skipped and result.num_skipped == 4
+    assert trainer.read_skip_files(run) == set(listed)
+
+
+def test_absurdly_loud_pretraining_clips_are_skipped_like_nan_ones():
+    from maebench.pretrain_data import checked_clip
+
+    clip = torch.sin(torch.arange(2000) / 5.0)
+    assert checked_clip(clip, (0, 0), "ok.wav", 400)[2] is None
+    assert checked_clip(clip * 900, (0, 0), "loud-but-ok.wav", 400)[2] is None
+    for bad in (clip * 1e20, torch.where(torch.arange(2000) == 7, float("nan"), clip)):
+        wav, key, error = checked_clip(bad, (3, 1), "bad.wav", 400)
+        assert (wav.numel(), key, error) == (0, (3, 1), "bad.wav")

@@ -214,3 +214,54 @@ def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp
         build_comparison(find_results([tmp_path]), strict=True)
     assert cli_main(["compare", str(tmp_path), "--strict", "--no-png", "--out", str(tmp_path / "out")]) != 0
     assert "ssast_patch:base KS1" in capsys.readouterr().err
+
+
+def _with(path: Path, *, root: str | None, hparams: dict) -> None:
+    record = json.loads(path.read_text())
+    record["data"]["root"], record["probe"]["hparams"] = root, hparams
+    path.write_text(json.dumps(record))
+
+
+def test_merging_results_from_different_data_or_settings_is_said(tmp_path, capsys):
+    """Issue 14: a column (or a cell's newest result) put side by side numbers measured on different datasets or
+    with different probe settings, and nothing said so."""
+    root = tmp_path / "runs"
+    _with(write_result(root, "a", "ks2", 97.1, upstream="mae_ast_patch:base"), root="/data/ks2",
+          hparams={"max_steps": 200_000, "lr": 1e-4})
+    _with(write_result(root, "b", "ks2", 96.5, upstream="ssast_frame:base", family="ssast"), root="/tmp/ks2-small",
+          hparams={"max_steps": 50, "lr": 1e-4})
+    _with(write_result(root, "c", "ks2", 90.0, upstream="mae_ast_patch:base", created="2025-01-01T00:00:00"),
+          root="/data/ks2", hparams={"max_steps": 1000, "lr": 1e-4})
+    _with(write_result(root, "d", "esc50", 80.0, upstream="mae_ast_patch:base"), root="/data/esc50",
+          hparams={"max_steps": 5000})
+    _with(write_result(root, "e", "esc50", 81.0, upstream="ssast_frame:base", family="ssast"), root="/data/esc50",
+          hparams={"max_steps": 5000})
+    comparison = build_comparison(find_results([root]))
+    assert comparison.notes == [
+        "KS2 column (linear: mae_ast_patch:base, ssast_frame:base) merges results with different data roots "
+        "(/data/ks2 vs /tmp/ks2-small); settings (max_steps: 200000 vs 50)",
+        f"mae_ast_patch:base KS2: the newest of 2 results is shown ({root / 'a' / 'results.json'}); the others had "
+        "different settings (max_steps: 200000 vs 1000)",
+    ]  # ESC-50: same data root and settings, nothing to say
+    markdown = render_markdown(comparison)
+    assert "merges results with different data roots" in markdown and "the newest of 2 results" in markdown
+    assert cli_main(["compare", str(root), "--out", str(tmp_path / "cmp"), "--no-png"]) == 0
+    assert "max_steps: 200000 vs 50" in capsys.readouterr().out
+
+    alike = tmp_path / "alike"  # the same data and settings everywhere: no note
+    for name, upstream in (("a", "mae_ast_patch:base"), ("b", "ssast_frame:base")):
+        _with(write_result(alike, name, "ks2", 95.0, upstream=upstream), root="/data/ks2", hparams={"lr": 1e-4})
+    assert build_comparison(find_results([alike])).notes == []
+
+
+def test_names_are_printed_whole_when_not_on_a_terminal(tmp_path, capsys):
+    """Issue 14: piped output (not a terminal: rich assumes 80 columns) cut long upstream names to 'ma…'."""
+    long_name = "runs/pretrain/mae_ast_patch_base_librispeech_960h_seed3/checkpoints/step_00400000"
+    root = tmp_path / "runs"
+    for i, task in enumerate(("as20k", "esc50", "ks2", "ks1", "sid", "er")):
+        write_result(root, f"r{i}", task, 50.0 + i, upstream=long_name)
+    assert cli_main(["compare", str(root), "--out", str(tmp_path / "cmp"), "--no-png"]) == 0
+    printed = capsys.readouterr().out
+    assert long_name in printed and "…" not in printed
+    row = next(line for line in printed.splitlines() if long_name in line)
+    assert all(score in row for score in ("50.0 ± 0.5", "55.0 ± 0.5"))  # the whole row on one line

@@ -134,3 +134,24 @@ def test_damaged_entry_is_rebuilt_and_unreadable_entry_names_its_folder(task):
     (rebuilt.directory / "index.json").write_text("{truncated")
     with pytest.raises(MaebenchError, match=f"feature cache entry {rebuilt.directory} is unreadable"):
         cached_features(upstream, task, task.folds[0].test)
+
+
+def test_leftovers_of_a_killed_extraction_are_swept(task):
+    """A kill -9 during extraction left `.KEY.*` folders (tempfile names) that no run ever removed (issue 14)."""
+    import os
+    import subprocess
+    import sys
+
+    from maebench.atomic import _host
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    features = cache_dir() / "features"
+    killed = features / f".0123abcd.tmp-{int(dead.stdout)}-{_host()}-0000abcd"
+    live = features / f".4567ef01.tmp-{os.getpid()}-{_host()}-0000abce"  # an extraction running right now
+    other_host = features / f".89ab.tmp-{int(dead.stdout)}-elsewhere-0000abcf"  # a shared cache: not ours to judge
+    for leftover in (killed, live, other_host):
+        (leftover / "features.npy").parent.mkdir(parents=True)
+        (leftover / "features.npy").write_bytes(b"half")
+    entry = cached_features(SpectrumUpstream(), task, task.folds[0].test).directory
+    assert not killed.exists() and live.is_dir() and other_host.is_dir()
+    assert sorted(p.name for p in features.iterdir()) == sorted([entry.name, live.name, other_host.name])

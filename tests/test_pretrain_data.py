@@ -356,10 +356,10 @@ def test_toy_corpus_is_deterministic_and_cached(tmp_path: Path, monkeypatch):
 def test_toy_corpus_never_uses_a_half_built_folder(tmp_path: Path, monkeypatch):
     real_clip = toy_corpus.toy_clip
 
-    def crash_at_third(index: int):
+    def crash_at_third(index: int, backend: str):
         if index == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-build
-        return real_clip(index)
+        return real_clip(index, backend)
 
     monkeypatch.setattr(toy_corpus, "toy_clip", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
@@ -367,7 +367,7 @@ def test_toy_corpus_never_uses_a_half_built_folder(tmp_path: Path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the corpus nor its temporary build folder
 
     monkeypatch.setattr(toy_corpus, "toy_clip", real_clip)
-    leftover = tmp_path / f"toy_corpus_v{toy_corpus.VERSION}_n4"
+    leftover = tmp_path / toy_corpus._folder_name(4)
     (leftover / "clips").mkdir(parents=True)  # a folder without a manifest is not a finished corpus
     corpus = toy_corpus.ensure_toy_corpus(tmp_path, num_clips=4)
     assert corpus == leftover and len(read_manifest(toy_corpus.toy_manifest(corpus))) == 4
@@ -393,3 +393,47 @@ def test_no_source_means_the_toy_corpus(monkeypatch, capsys, tmp_path: Path):
     folder.mkdir()
     _write(folder / "a.wav", 1600)
     assert [item.path.name for item in list_audio(folder)] == ["a.wav"]  # a source: read by maebench.manifest
+
+
+def test_toy_corpus_is_disjoint_from_every_toy_evaluation_set(tmp_path: Path, monkeypatch):
+    """The corpus speaks words and sentences and plays environmental sounds, but no voice, word or sound-generator
+    stream of any toy evaluation set: a pretrained model is never tested on what it heard. Every (text, voice)
+    sent to the synthesiser and the generator state of every procedural sound are recorded for the six toy builds
+    and a corpus build (audio stubbed: only what would be rendered matters)."""
+    from maebench.downstream import sounds, toy
+    from maebench.downstream.datasets import TASKS, build_toy
+
+    spoken: dict[str, list] = {"toy": [], "corpus": []}
+    streams: dict[str, set] = {"toy": set(), "corpus": set()}
+    side = ["toy"]
+
+    def synthesize(jobs, backend):
+        spoken[side[0]].extend(jobs)
+        return [np.full(1600, 0.1, np.float32) for _ in jobs]
+
+    def render_sound(name, rng, seconds, sample_rate=16000):
+        streams[side[0]].add(repr(rng.bit_generator.state["state"]))
+        return np.full(int(seconds * sample_rate), 0.1, np.float32)
+
+    for module in (toy, sounds):
+        monkeypatch.setattr(module, "synthesize", synthesize)
+        monkeypatch.setattr(module, "render_sound", render_sound)
+    monkeypatch.setattr(toy, "render_noise", lambda kind, rng, seconds: np.full(int(seconds * 16000), 0.01))
+    for name in TASKS:
+        build_toy(name, tmp_path / name, speech_backend="procedural", size="small")
+    side[0] = "corpus"
+    corpus = toy_corpus.ensure_toy_corpus(tmp_path / "corpus", num_clips=20)
+    kinds = {item.path.stem.split("_", 1)[1] for item in read_manifest(toy_corpus.toy_manifest(corpus))}
+    assert {"words", "sentence", "sound", "mix"} <= kinds
+
+    words = {side: {w for text, _ in jobs for w in text.split()} for side, jobs in spoken.items()}
+    voices = {side: {voice.variant for _, voice in jobs} for side, jobs in spoken.items()}
+    assert len(words["corpus"]) > 30 and not words["corpus"] & words["toy"]
+    assert words["toy"] <= toy.EVAL_WORDS  # the list check_disjoint guards covers everything the toys say
+    assert voices["corpus"] and not voices["corpus"] & voices["toy"]
+    assert max(voices["toy"]) < len(sounds.ESPEAK_VARIANTS) <= min(voices["corpus"])
+    assert len(streams["corpus"]) >= 4 and len(streams["toy"]) >= 50 and not streams["corpus"] & streams["toy"]
+    # a recipe edit that would leak a toy word into the corpus is refused before anything is built
+    monkeypatch.setattr(toy_corpus, "CORPUS_WORDS", toy_corpus.CORPUS_WORDS | {"marvin"})
+    with pytest.raises(MaebenchError, match="marvin"):
+        toy_corpus.ensure_toy_corpus(tmp_path / "leaky", num_clips=2)

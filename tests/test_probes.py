@@ -354,3 +354,160 @@ def test_mae_ast_finetunes_on_tokens_with_batchnorm_batch_statistics(tone_task):
     patch = small("patch")
     result = finetune_probe(patch, tone_task, tone_task.folds[0], settings=settings)
     assert patch.token_features and len(result.layers["weights"]) == 1
+
+
+# ------------------------------------------------------------------------------------- SID: s3prl's 8 s crops
+CROP = 128_000  # s3prl downstream/voxceleb1/config.yaml max_timestep (8 s at 16 kHz)
+
+
+def _s3prl_crop(wav: torch.Tensor, max_timestep: int, start: int) -> torch.Tensor:
+    """s3prl voxceleb1 dataset.py __getitem__'s crop, with its random.randint(0, length - max_timestep) given."""
+    length = wav.shape[0]
+    if length > max_timestep:
+        assert 0 <= start <= length - max_timestep
+        wav = wav[start:start + max_timestep]
+    return wav
+
+
+def _long_clips(root: Path, lengths: dict[str, list[int]], rate: int = SAMPLE_RATE) -> dict[str, list[Example]]:
+    """Tone clips of the given lengths (samples at `rate`) per split, class = position modulo 4."""
+    rng = np.random.default_rng(0)
+    out: dict[str, list[Example]] = {}
+    for split, sizes in lengths.items():
+        out[split] = []
+        for n, size in enumerate(sizes):
+            label = n % len(FREQUENCIES)
+            path = root / split / f"c{label}_{n}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, _tone([FREQUENCIES[label]], size / rate, rng)[:size], rate)
+            out[split].append(Example(path=path, label=label, key=f"{split}/{path.name}"))
+    return out
+
+
+def test_train_crops_are_seeded_windows_of_at_most_8_seconds(tmp_path):
+    """One window of <= 8 s per longer clip, inside the clip, at a start s3prl could draw (0..length - 128000, both
+    ends), the same for the same seed whatever the order, other windows for other seeds; shorter clips stay whole."""
+    from maebench.downstream.probes.linear import train_crops
+    from maebench.downstream.tasks.base import read_example
+    from maebench.downstream.tasks.probe_settings import probe_defaults
+
+    assert probe_defaults("sid", False)["linear"]["train_crop_seconds"] * SAMPLE_RATE == CROP
+    assert probe_defaults("sid", True)["linear"]["train_crop_seconds"] * SAMPLE_RATE == CROP
+    assert probe_defaults("ks1", False)["linear"]["train_crop_seconds"] == 0.0  # only SID crops
+    clips = _long_clips(tmp_path, {"train": [3 * SAMPLE_RATE, CROP, CROP + 2, 12 * SAMPLE_RATE]})["train"]
+    clips += _long_clips(tmp_path / "8k", {"train": [80_000]}, rate=8000)["train"]  # 10 s at 8 kHz
+    crops = train_crops(clips, 8.0, seed=0)
+    assert [c is e for c, e in zip(crops, clips, strict=True)] == [True, True, False, False, False]
+    for crop, clip in zip(crops[2:], clips[2:], strict=True):
+        assert crop.num_samples == CROP and crop.key == f"{clip.key}@{crop.offset}+{CROP}"
+        whole = read_example(clip)
+        window = read_example(crop)
+        assert window.numel() == CROP and crop.offset + CROP <= whole.numel()
+        assert torch.equal(window, _s3prl_crop(whole, CROP, crop.offset))
+    assert train_crops(clips, 8.0, seed=0) == crops
+    assert train_crops(clips[::-1], 8.0, seed=0)[::-1] == crops
+    assert len({train_crops(clips, 8.0, seed=s)[3].offset for s in range(5)}) > 1
+    starts = {train_crops(clips[2:3], 8.0, seed=s)[0].offset for s in range(60)}
+    assert starts == {0, 1, 2}  # random.randint(0, 2): both ends
+    with pytest.raises(MaebenchError, match="train_crop_seconds=-1.0: must be > 0"):
+        train_crops(clips, -1.0, seed=0)
+
+
+def test_linear_probe_trains_on_cached_crops_and_evaluates_whole_clips(tmp_path):
+    """With train_crop_seconds the head's training rows are the pooled features of the seed's crops (their own
+    cache entry, never the whole training clips), dev and test are whole clips, and results say what was cropped."""
+    from maebench.downstream.batching import masked_mean
+    from maebench.downstream.feature_cache import example_key, fold_features
+    from maebench.downstream.probes.linear import probe_features, train_crops
+    from maebench.downstream.probes.protocol import describe_protocol
+    from maebench.downstream.tasks.base import read_example
+
+    long, short, whole = 9 * SAMPLE_RATE, 5 * SAMPLE_RATE, 8 * SAMPLE_RATE + 8000
+    clips = _long_clips(tmp_path, {"train": [long] * 4 + [short] * 4, "dev": [whole] * 4, "test": [whole] * 4})
+    task = make_task(tmp_path / "unused", per_class=(0, 0, 0))
+    task.folds = [Fold("default", clips["train"], clips["dev"], clips["test"])]
+    settings = resolve_settings("linear", task, {"train_crop_seconds": "8", "max_steps": "40"})
+    read_lengths: list[int] = []
+
+    class Counting(SpectrumUpstream):
+        def forward(self, wavs, lens):
+            read_lengths.extend(lens.tolist())
+            return super().forward(wavs, lens)
+
+    upstream = Counting()
+    result = linear_probe(upstream, task, task.folds[0], seed=0, settings=settings)
+    assert result.details["train_crops"] == {"seconds": 8.0, "seed": 0, "cropped": 4, "clips": 8}
+    assert sorted(read_lengths) == sorted([CROP] * 4 + [short] * 4 + [whole] * 8)  # no whole 9 s training clip
+    assert result.score >= 75.0  # chance is 25%
+
+    splits, _ = probe_features(upstream, task, task.folds[0], settings=settings, seed=0)
+    crops = train_crops(clips["train"], 8.0, seed=0)
+    assert splits["train"].keys == [example_key(c) for c in crops] and splits["train"].hit
+    assert splits["dev"].keys == [c.key for c in clips["dev"]] and splits["test"].keys == [c.key for c in clips["test"]]
+    with torch.no_grad():
+        wav = read_example(crops[0])
+        features = upstream(wav[None], torch.tensor([wav.numel()]))
+        expected = torch.stack([masked_mean(h, features.lens) for h in features.hidden_states], dim=1)[0]
+    np.testing.assert_allclose(splits["train"].features[0], expected.numpy(), atol=1e-5)
+    full = fold_features(upstream, task, task.folds[0])["train"]
+    assert len({full.directory, splits["train"].directory, splits["dev"].directory}) == 3
+    other_seed, record = probe_features(upstream, task, task.folds[0], settings=settings, seed=1)
+    assert other_seed["train"].directory != splits["train"].directory and record["seed"] == 1
+    assert describe_protocol(upstream, task, "linear", settings, None, "default")["input"]["train_crop_seconds"] == 8
+    logreg = resolve_settings("logreg", task)
+    assert describe_protocol(upstream, task, "logreg", logreg, None, "default")["input"]["train_crop_seconds"] is None
+
+
+# ------------------------------------------------------------------------------- issue 14: settings are checked
+@pytest.mark.parametrize("probe, override, needle", [
+    ("linear", "max_steps=0", "max_steps=0: must be positive"),
+    ("linear", "grad_accum=0", "grad_accum=0: must be positive"),
+    ("linear", "projector_dim=0", "projector_dim=0: must be positive"),
+    ("linear", "batch_size=0", "batch_size=0: must be positive"),
+    ("linear", "lr=inf", "expected a finite number"),
+    ("linear", "lr=-1", "lr=-1.0: must be positive"),
+    ("linear", "lr=nan", "expected a finite number"),
+    ("linear", "optimizer=foo", "expected one of adam"),
+    ("linear", "eval_every=-5", "eval_every=-5: must be 0 or more"),
+    ("linear", "source=mine", "does not use this setting"),
+    ("linear", "loss=ce", "multi-label and always trains with bce"),
+    ("linear", "balanced_sampling=true", "has no sampling weights"),
+    ("logreg", "Cs=0,1", "Cs=0.0,1.0: must be positive numbers"),
+    ("logreg", "max_iter=0", "max_iter=0: must be positive"),
+    ("logreg", "lr=0.1", "unknown logreg setting 'lr'"),
+    ("finetune", "mixup=1.5", "mixup=1.5: must be a probability in [0, 1]"),
+    ("finetune", "betas=0.9,1.2", "must be two numbers in [0, 1)"),
+    ("finetune", "epochs=0", "epochs=0: must be positive"),
+    ("finetune", "fbank_mean=-4", "applies only with input_geometry=global"),
+    ("finetune", "weight_averaging=3,2", "1 <= first <= last"),
+    ("finetune", "lr_schedule={start: 1, step: 0, decay: 0.5}", "lr_schedule="),
+])
+def test_every_probe_setting_is_checked_with_a_one_line_error(tmp_path, probe, override, needle):
+    """Issue 14: zero budgets, infinite or negative rates and settings a probe ignores were accepted (and recorded
+    in results.json as if applied) or crashed mid-run with a traceback."""
+    from maebench.commands.eval import parse_overrides
+
+    task = make_task(tmp_path, multilabel=True, per_class=(1, 1, 1))
+    with pytest.raises(MaebenchError) as excinfo:
+        resolve_settings(probe, task, parse_overrides([override]))
+    message = str(excinfo.value)
+    assert "\n" not in message and needle in message and message.startswith("--set")
+
+
+def test_valid_settings_and_every_task_default_pass_the_checks(tmp_path):
+    from maebench.downstream.probes.settings import check_settings
+    from maebench.downstream.tasks import ALL_TASKS
+    from maebench.downstream.tasks.probe_settings import probe_settings
+
+    for name in ALL_TASKS:
+        for toy in (False, True):
+            for family in ("ssast_patch", "ssast_frame", "mae_ast_patch", "mae_ast_frame"):
+                for settings in probe_settings(name, toy, family).values():
+                    check_settings(settings)
+    task = make_task(tmp_path, per_class=(1, 1, 1))
+    settings = resolve_settings("linear", task, {"lr": "3e-4", "eval_every": "0", "grad_clip": "0", "loss": "bce"})
+    assert (settings.lr, settings.eval_every, settings.loss) == (3e-4, 0, "bce")
+    tuned = resolve_settings("finetune", task, {"epochs": "30", "weight_averaging": "5,30", "mixup": "1"})
+    assert tuned.weight_averaging == (5, 30) and tuned.mixup == 1.0
+    with pytest.raises(MaebenchError, match="weight_averaging starts at epoch 5, after the last one"):
+        resolve_settings("finetune", task, {"epochs": "4", "weight_averaging": "5,30"})

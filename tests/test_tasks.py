@@ -470,3 +470,74 @@ def test_unknown_task_and_missing_root(tmp_path):
     assert not (tmp_path / "ks3").exists()
     with pytest.raises(MaebenchError, match="does not exist"):
         load_task("ks2", "/nonexistent/speech_commands")
+
+
+# ------------------------------------------------------------------------- issue 14: bad inputs, one-line errors
+def test_esc50_meta_missing_a_fold_is_named(tmp_path):
+    """A meta file without fold 3 used to pass `data check` and end in a KeyError inside evaluation."""
+    root = make_esc50(tmp_path)
+    meta = root / "meta" / "esc50.csv"
+    meta.write_text("".join(line for line in meta.read_text().splitlines(keepends=True) if ",3," not in line))
+    with pytest.raises(MaebenchError) as excinfo:
+        check_layout("esc50", root)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(meta) in message and "no clips in fold 3" in message
+
+
+@pytest.mark.parametrize("which", ["eval.json", "class_labels_indices.csv"])
+def test_audioset_non_utf8_files_are_named(tmp_path, which):
+    root = make_audioset(tmp_path)
+    path = root / which
+    path.write_bytes(path.read_bytes().replace(b"Speech", "Sp\u00e9ech".encode("latin-1"), 1)
+                     if which.endswith(".csv") else b'{"data": [{"wav": "caf\xe9.wav", "labels": "/m/09x0r"}]}')
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task("as20k", root)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(path) in message and "not UTF-8" in message
+
+
+@pytest.mark.parametrize("entry", [{"wav": 5, "labels": "/m/09x0r"}, {"wav": None, "labels": "/m/09x0r"},
+                                   {"wav": "a.wav", "labels": None}, {"wav": "", "labels": "/m/09x0r"}])
+def test_audioset_entries_with_wrong_types_are_named(tmp_path, entry):
+    root = make_audioset(tmp_path)
+    (root / "eval.json").write_text(json.dumps({"data": [entry]}))
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task("as20k", root)
+    message = str(excinfo.value)
+    assert "\n" not in message and "entry 0" in message and str(root / "eval.json") in message
+
+
+def test_non_finite_or_huge_audio_is_an_error_naming_the_file(tmp_path):
+    """One NaN / Inf / absurdly loud file gave NaN features and a chance-level score without any error."""
+    good = tmp_path / "good.wav"
+    write_wav(good)
+    for name, value in (("nan.wav", np.nan), ("inf.wav", np.inf), ("loud.wav", 1e20)):
+        bad = tmp_path / name
+        wav = np.random.default_rng(0).uniform(-0.5, 0.5, 1600).astype(np.float32)
+        wav[800] = value
+        sf.write(str(bad), wav, 16000, subtype="FLOAT")
+        with pytest.raises(MaebenchError) as excinfo:
+            read_audio(bad)
+        assert str(bad) in str(excinfo.value) and "\n" not in str(excinfo.value)
+        task = tiny_task([Example(good, 0, key="good.wav"), Example(bad, 1, key=name)], tmp_path)
+        with pytest.raises(MaebenchError, match=re.escape(str(bad))):  # the 16 kHz window reader too
+            task.read(Example(bad, 1, offset=10, num_samples=1000))
+    wav = np.full(1600, 0.99, dtype=np.float32)  # loud but real audio passes
+    sf.write(str(tmp_path / "ok.wav"), wav, 16000, subtype="FLOAT")
+    assert float(read_audio(tmp_path / "ok.wav").max()) == pytest.approx(0.99)
+
+
+def test_data_check_deep_lists_non_finite_audio(tmp_path):
+    root = make_esc50(tmp_path)
+    check_layout("esc50", root, deep=True)
+    victims = sorted(root.glob("audio/2-*-A-*.wav"))[:2]
+    for victim, value in zip(victims, (np.nan, 1e20), strict=True):
+        data, rate = sf.read(str(victim), dtype="float32")
+        data[3] = value
+        sf.write(str(victim), data, rate, subtype="FLOAT")
+    check_layout("esc50", root)  # the plain check only looks for the files
+    with pytest.raises(MaebenchError) as excinfo:
+        check_layout("esc50", root, deep=True)
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith("2 bad audio file(s)")
+    assert f"{victims[0]} (NaN/Inf samples)" in message and f"{victims[1]} (amplitude 1e+20" in message

@@ -1,19 +1,25 @@
 """The `linear` probe (SUPERB): frozen upstream; softmax-weighted layer sum -> Linear(D, 256) -> masked mean over
 time -> Linear(256, C), Adam, the task's SUPERB step budget, model picked on dev. Trained on cached pooled features,
 which gives exactly the frame-level model (see `feature_cache`), so each step costs a few matrix products.
+
+With `train_crop_seconds` (SID: 8 s, s3prl voxceleb1's max_timestep) the head trains on one seeded random crop of
+each longer training clip, cached as its own feature entry (crop keys name their window); dev and test stay whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from maebench.audio import read_audio_info
 from maebench.downstream.device import few_threads, module_device
-from maebench.downstream.feature_cache import FeatureSet, fold_features
+from maebench.downstream.feature_cache import FeatureSet, example_key, fold_features
 from maebench.downstream.heads import SuperbHead
 from maebench.downstream.metrics import task_score
 from maebench.downstream.probes.result import ProbeResult
@@ -27,7 +33,9 @@ from maebench.downstream.probes.training import (
     state_copy,
     targets_for,
 )
+from maebench.errors import MaebenchError
 from maebench.progress import progress_bar
+from maebench.upstream.frontend import SAMPLE_RATE
 from maebench.upstream.interface import Upstream
 
 
@@ -107,7 +115,8 @@ def linear_probe(
 ) -> ProbeResult:
     """SUPERB linear probe of a frozen upstream on `fold`, trained on cached pooled features."""
     settings = settings if settings is not None else resolve_settings("linear", task)
-    splits = fold_features(upstream, task, fold, quiet=quiet, cache_options=cache_options)
+    splits, crops = probe_features(upstream, task, fold, settings=settings, seed=seed, quiet=quiet,
+                                   cache_options=cache_options)
     train, dev, test = splits["train"], splits.get("dev"), splits["test"]
     device = module_device(upstream)
     torch.manual_seed(seed)
@@ -130,5 +139,72 @@ def linear_probe(
         probe="linear", score=score, dev_score=best_dev, layers={"weights": head.rounded_layer_weights()},
         hparams=settings_dict(settings), timings={"extract_s": sum(s.extract_s for s in splits.values()),
                                                   "train_s": time.perf_counter() - start},
-        details={"best_step": best_step, "cache_hits": {k: s.hit for k, s in splits.items()}},
+        details={"best_step": best_step, "cache_hits": {k: s.hit for k, s in splits.items()},
+                 **({"train_crops": crops} if crops is not None else {})},
     )
+
+
+def clip_samples(example) -> int:
+    """Length of `example` in 16 kHz samples, from the file header (a resampled file's length rounded down)."""
+    frames, rate = read_audio_info(example.path)
+    total = frames if rate == SAMPLE_RATE else frames * SAMPLE_RATE // rate
+    available = max(total - example.offset, 0)
+    return available if example.num_samples is None else min(example.num_samples, available)
+
+
+def crop_start(seed: int, key: str, span: int) -> int:
+    """A start in [0, span] (both ends included, as s3prl's random.randint(0, length - max_timestep)), uniform,
+    fixed by (seed, clip key) alone so a clip's crop does not depend on the other clips or their order."""
+    draw = int.from_bytes(hashlib.sha256(f"{seed}\t{key}".encode()).digest()[:8], "big")
+    return draw % (span + 1)
+
+
+def train_crops(examples: Sequence, seconds: float, seed: int) -> list:
+    """One random window of `seconds` per example longer than that, seeded (shorter ones whole), as s3prl's
+    voxceleb1 dataset crops training utterances to max_timestep. A crop is an Example whose key names its window."""
+    if not seconds > 0:
+        raise MaebenchError(f"linear setting train_crop_seconds={seconds}: must be > 0 to crop "
+                            "(0 trains on whole clips)")
+    crop = int(round(seconds * SAMPLE_RATE))
+    out = []
+    for example in examples:
+        length = clip_samples(example)
+        if length <= crop:
+            out.append(example)
+            continue
+        key = example_key(example)
+        start = crop_start(seed, key, length - crop)
+        out.append(dataclasses.replace(example, offset=example.offset + start, num_samples=crop,
+                                       key=f"{key}@{start}+{crop}"))
+    return out
+
+
+def probe_features(upstream: Upstream, task, fold, *, settings: LinearSettings, seed: int, quiet: bool = True,
+                   cache_options: dict | None = None) -> tuple[dict[str, FeatureSet], dict | None]:
+    """The probe's cached features per split, and what was cropped (None without `train_crop_seconds`).
+
+    Cropped: training rows come from an entry of the seed's crops alone, dev and test from an entry of the whole
+    dev and test clips (the task-wide entry would also extract every whole training clip, unused here). When no
+    training clip is longer than the crop the task-wide entry serves, shared with the other probes."""
+    seconds = settings.train_crop_seconds
+    if not seconds:
+        return fold_features(upstream, task, fold, quiet=quiet, cache_options=cache_options), None
+    crops = train_crops(fold.train, seconds, seed)
+    cropped = sum(crop is not example for crop, example in zip(crops, fold.train, strict=True))
+    record = {"seconds": seconds, "seed": seed, "cropped": cropped, "clips": len(crops)}
+    if not cropped:
+        return fold_features(upstream, task, fold, quiet=quiet, cache_options=cache_options), record
+    options = dict(cache_options or {})
+    if options.get("upstream_fingerprint") is None:
+        from maebench.upstream.registry import fingerprint
+
+        options["upstream_fingerprint"] = fingerprint(upstream)
+    if options.get("data_fingerprint") is None:
+        options["data_fingerprint"] = task.data_fingerprint()
+    crop_fold = dataclasses.replace(fold, train=crops, dev=[], test=[])
+    eval_fold = dataclasses.replace(fold, train=[])
+    crop_task = dataclasses.replace(task, folds=[crop_fold])
+    eval_task = dataclasses.replace(task, folds=[dataclasses.replace(f, train=[]) for f in task.folds])
+    splits = fold_features(upstream, crop_task, crop_fold, quiet=quiet, cache_options=options)
+    splits.update(fold_features(upstream, eval_task, eval_fold, quiet=quiet, cache_options=options))
+    return splits, record

@@ -83,7 +83,8 @@ def _input(upstream: Upstream, task, settings: ProbeSettings) -> dict[str, Any]:
         geometry, source = "whole clip, variable length (key-padding mask)", "MAE-AST-Public s3prl/mae_ast/expert.py"
     else:
         geometry, source = "the upstream's own", "upstream"
-    crop = task.train_crop_seconds
+    # linear: its train_crop_seconds setting (SID: s3prl's 8 s); logreg trains on whole clips
+    crop = task.train_crop_seconds if finetune else getattr(settings, "train_crop_seconds", 0.0) or None
     if finetune and settings.target_length and settings.input_geometry != "global":
         crop = min(crop or float("inf"), settings.target_length / 100)
     return {"geometry": geometry, "train_crop_seconds": crop, "eval_crop_seconds": task.max_eval_seconds,

@@ -35,6 +35,7 @@ class LinearSettings:
     projector_dim: int = 256
     loss: Literal["ce", "bce"] = "ce"  # multi-label tasks always train with "bce"
     balanced_sampling: bool = False  # draw training items by the task's sample_weights (s3prl's KS1 sampler)
+    train_crop_seconds: float = 0.0  # train on one seeded random crop of this length per longer clip (0: whole)
     source: str = ""  # the reference the task's values come from
 
 
@@ -183,4 +184,64 @@ def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = Non
     for key, value in (overrides or {}).items():
         set_field(settings, key.removeprefix(f"{probe}."), value, origin=origin, kind=f"{probe} setting",
                   scope=f"{task.name} {probe}")
+    check_settings(settings, origin=origin)
+    for key in overrides or {}:
+        check_used(settings, key.removeprefix(f"{probe}."), task, probe, origin=origin)
     return settings
+
+
+# value ranges types cannot express (as `maebench.config.validate` for pretraining)
+_POSITIVE = ("lr", "batch_size", "grad_accum", "max_steps", "projector_dim", "head_lr_mult", "epochs", "max_iter",
+             "target_length", "fbank_std")
+_NON_NEGATIVE = ("eval_every", "grad_clip", "warmup_steps", "weight_decay", "freqm", "timem", "train_crop_seconds")
+
+
+def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
+    """A one-line MaebenchError for the first setting out of its range (a batch of 0, a negative learning rate,
+    a probability over 1): caught before any feature is extracted, not a crash or a silent no-op mid-run."""
+
+    def bad(key: str, value: Any, wanted: str) -> MaebenchError:
+        return MaebenchError(f"{origin} {key}={value}: must be {wanted}")
+
+    values = settings_dict(settings)
+    for key in _POSITIVE:
+        if values.get(key) is not None and values[key] <= 0:
+            raise bad(key, values[key], "positive")
+    for key in _NON_NEGATIVE:
+        if values.get(key) is not None and values[key] < 0:
+            raise bad(key, values[key], "0 or more")
+    if not 0.0 <= values.get("mixup", 0.0) <= 1.0:
+        raise bad("mixup", values["mixup"], "a probability in [0, 1]")
+    if "betas" in values and not all(0.0 <= beta < 1.0 for beta in values["betas"]):
+        raise bad("betas", ",".join(map(str, values["betas"])), "two numbers in [0, 1), e.g. 0.9,0.999")
+    if "Cs" in values and (not values["Cs"] or min(values["Cs"]) <= 0):
+        raise bad("Cs", ",".join(map(str, values["Cs"])), "positive numbers, e.g. 0.01,0.1,1")
+    schedule = values.get("lr_schedule")
+    if schedule and (schedule["start"] < 0 or schedule["step"] < 1 or not 0 < schedule["decay"] <= 1):
+        raise bad("lr_schedule", schedule, "{start: >= 0, step: >= 1, decay: in (0, 1]}")
+    averaging = values.get("weight_averaging")
+    if averaging and not 1 <= averaging[0] <= averaging[1]:
+        raise bad("weight_averaging", ",".join(map(str, averaging)), "first,last epochs with 1 <= first <= last")
+
+
+def check_used(settings: ProbeSettings, key: str, task, probe: str, *, origin: str = "--set") -> None:
+    """A MaebenchError when `--set key=...` would change nothing the probe does (results.json would record a
+    setting that was never applied)."""
+    field = key.split(".")[0]
+    reason = None
+    if field == "source":
+        reason = "it records where the task's default values come from"
+    elif field == "loss" and task.multilabel:
+        reason = f"{task.name} is multi-label and always trains with bce"
+    elif field == "balanced_sampling" and task.sample_weights is None:
+        reason = f"{task.name} has no sampling weights (only ks1 and as2m do)"
+    elif field in ("fbank_mean", "fbank_std", "normalise_padding") and \
+            getattr(settings, "input_geometry", None) != "global":
+        reason = "it applies only with input_geometry=global"
+    elif field in ("weight_averaging", "epochs") and getattr(settings, "weight_averaging", None) and \
+            settings.weight_averaging[0] > settings.epochs:
+        reason = (f"weight_averaging starts at epoch {settings.weight_averaging[0]}, after the last one "
+                  f"({settings.epochs}); set weight_averaging within the epochs, or null")
+    if reason:
+        raise MaebenchError(f"{origin} {key}: the {probe} probe does not use this setting here ({reason}); "
+                            "leave it out")

@@ -62,9 +62,10 @@ def load_task(name: str, root: str | Path) -> Task:
 def check_layout(name: str, root: str | Path, *, deep: bool = False) -> dict:
     """Validate a dataset layout and count examples per fold, split and class.
 
-    Every referenced audio file must exist (deep=True also opens each header); the first problem is raised as a
-    MaebenchError naming the file. Returns {"task", "root", "metric", "multilabel", "classes", "files", "toy",
-    "folds": {fold: {split: {"total": n, "per_class": {class: n}}}}} (multi-label: label occurrences per class).
+    Every referenced audio file must exist (deep=True also decodes each one: unreadable, empty, NaN/Inf or
+    absurdly loud files are listed); a problem is raised as a MaebenchError naming the file(s). Returns {"task",
+    "root", "metric", "multilabel", "classes", "files", "toy", "folds": {fold: {split: {"total": n, "per_class":
+    {class: n}}}}} (multi-label: label occurrences per class).
     """
     task = load_task(name, root)
     examples = task.examples()
@@ -73,7 +74,7 @@ def check_layout(name: str, root: str | Path, *, deep: bool = False) -> dict:
             raise MaebenchError(f"missing audio file {ex.path} (listed by the {name} layout in {task.root}); "
                                 "restore it or fix the list")
     if deep:
-        _check_headers(examples)
+        _check_audio(examples)
     folds: dict[str, dict] = {}
     for fold in task.folds:
         folds[fold.name] = {}
@@ -90,13 +91,32 @@ def check_layout(name: str, root: str | Path, *, deep: bool = False) -> dict:
             "folds": folds}
 
 
-def _check_headers(examples: list[Example]) -> None:
+def _check_audio(examples: list[Example]) -> None:
+    """Open and decode every file once: unreadable, empty, NaN/Inf or absurdly loud ones are listed in one error
+    (evaluation would otherwise stop at the first, or train a probe on NaN features)."""
+    import numpy as np
     import soundfile as sf
 
+    from maebench.audio import MAX_AMPLITUDE
+
+    problems = []
     for path in sorted({ex.path for ex in examples}):
         try:
-            info = sf.info(str(path))
-        except (RuntimeError, sf.LibsndfileError) as err:
-            raise MaebenchError(f"unreadable audio file {path}: {err}; replace it") from err
-        if info.frames == 0:
-            raise MaebenchError(f"empty audio file {path}; replace it")
+            with sf.SoundFile(str(path)) as handle:
+                frames, peak, finite = handle.frames, 0.0, True
+                for block in handle.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                    finite = finite and bool(np.isfinite(block).all())
+                    peak = max(peak, float(np.abs(block[np.isfinite(block)]).max(initial=0.0)))
+        except Exception as err:  # libsndfile raises several types; all mean "not readable audio"
+            problems.append(f"{path} (unreadable: {' '.join(str(err).split()) or type(err).__name__})")
+            continue
+        if frames == 0:
+            problems.append(f"{path} (empty)")
+        elif not finite:
+            problems.append(f"{path} (NaN/Inf samples)")
+        elif peak > MAX_AMPLITUDE:
+            problems.append(f"{path} (amplitude {peak:.3g}, over {MAX_AMPLITUDE:g})")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise MaebenchError(f"{len(problems)} bad audio file(s): {shown}; replace or remove them "
+                            "(evaluation stops at such a file)")

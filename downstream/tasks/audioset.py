@@ -15,7 +15,7 @@ from pathlib import Path
 
 from maebench.errors import MaebenchError
 
-from .base import Example, Fold, Task, holdout, read_csv_rows, relative_key, require_file
+from .base import Example, Fold, Task, holdout, read_csv_rows, read_text_file, relative_key
 
 LABELS_CSV = "class_labels_indices.csv"
 BALANCED = "balanced_train.json"
@@ -43,9 +43,9 @@ def read_class_labels(path: Path) -> tuple[list[str], list[str]]:
 
 def read_datafile(path: Path, root: Path, mid_index: dict[str, int]) -> list[Example]:
     """Examples of one AST-format json data file (labels as sorted class-index tuples)."""
-    require_file(path, "AudioSet data file")
+    text = read_text_file(path, "AudioSet data file")
     try:
-        data = json.loads(path.read_text())["data"]
+        data = json.loads(text)["data"]
         if not isinstance(data, list):
             raise TypeError("'data' is not a list")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -55,9 +55,13 @@ def read_datafile(path: Path, root: Path, mid_index: dict[str, int]) -> list[Exa
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "wav" not in item or "labels" not in item:
             raise MaebenchError(f"malformed entry {i} in {path}: needs 'wav' and 'labels'")
+        for field in ("wav", "labels"):
+            if not isinstance(item[field], str) or not item[field].strip():
+                raise MaebenchError(f"malformed entry {i} in {path}: {field!r} is {item[field]!r}, expected "
+                                    + ("a path (text)" if field == "wav" else 'text such as "/m/09x0r,/m/05zppz"'))
         wav = Path(item["wav"])
         wav = wav if wav.is_absolute() else root / wav
-        mids = [m.strip() for m in str(item["labels"]).split(",") if m.strip()]
+        mids = [m.strip() for m in item["labels"].split(",") if m.strip()]
         if not mids:
             raise MaebenchError(f"entry {i} ({item['wav']}) in {path} has no labels")
         unknown = [m for m in mids if m not in mid_index]

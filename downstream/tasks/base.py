@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -127,6 +128,9 @@ def _read_window_16k(example: Example) -> torch.Tensor | None:
         raise MaebenchError(f"cannot read audio file {example.path} ({message}); check or replace the file") from err
     wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).contiguous()
     _check_window(example, wav.numel())
+    from maebench.audio import check_samples
+
+    check_samples(wav, example.path)
     return wav
 
 
@@ -174,16 +178,30 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a UTF-8 list/label/split file (a BOM is dropped); anything else is a MaebenchError naming it."""
+    require_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise MaebenchError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 "
+                            "or use the file as shipped") from err
+    except OSError as err:
+        raise MaebenchError(f"cannot read {what} {path} ({err.strerror or err}); check its permissions") from err
+
+
 def read_csv_rows(path: Path, columns: Iterable[str], what: str) -> list[dict[str, str]]:
     """Rows of a headed CSV file (csv module: quoted fields with commas parse), checking the header columns."""
-    require_file(path, what)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MaebenchError(f"malformed {what} {path}: missing column(s) {', '.join(missing)} "
-                                f"(header is {reader.fieldnames}); use the file as shipped")
+    text = read_text_file(path, what)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise MaebenchError(f"malformed {what} {path}: missing column(s) {', '.join(missing)} "
+                            f"(header is {reader.fieldnames}); use the file as shipped")
+    try:
         rows = list(reader)
+    except csv.Error as err:
+        raise MaebenchError(f"malformed {what} {path} ({err}); use the file as shipped") from err
     if not rows:
         raise MaebenchError(f"malformed {what} {path}: no rows; use the file as shipped")
     return rows

@@ -40,6 +40,10 @@ def load_esc50(root: Path, probe_defaults: dict, is_toy: bool) -> Task:
         rel = f"audio/{row['filename']}"
         by_fold[fold].append(Example(root / rel, target, key=rel))
         sources[rel] = row["src_file"]
+    empty = [k for k, clips in by_fold.items() if not clips]
+    if empty:  # a fold without clips would test on nothing (and fail deep inside a probe)
+        raise MaebenchError(f"malformed {meta}: no clips in fold {', '.join(map(str, empty))} (ESC-50 has 400 clips "
+                            f"in each of folds 1..{NUM_FOLDS}); use the file as shipped")
     if sorted(categories) != list(range(len(categories))):
         raise MaebenchError(f"malformed {meta}: targets must be 0..{len(categories) - 1} without gaps")
     class_names = [categories[t] for t in range(len(categories))]

@@ -27,9 +27,15 @@ from maebench.downstream.probes.settings import (
     settings_dict,
 )
 
+from .voxceleb import TRAIN_CROP_SECONDS
+
 # SUPERB (s3prl downstream/*/config.yaml): Adam lr 1e-4, utterance-level head with a 256-d projector, gradient
 # clipping 1 (LinearSettings' defaults); speech_commands: batch 32, 200k steps, eval every 4k; voxceleb1: batch 8 x
-# accum 4, 200k steps, eval every 4k; emotion: batch 4 x accum 8, 30k steps, eval every 1k.
+# accum 4, 200k steps, eval every 4k, training utterances cropped to max_timestep 128000 samples (8 s) at a random
+# offset (downstream/voxceleb1/dataset.py __getitem__; expert.py passes max_timestep to the train set only, dev and
+# test are whole utterances); emotion: batch 4 x accum 8, 30k steps, eval every 1k.
+# s3prl draws a new crop each time a clip is loaded; the linear probe trains on cached features, so it draws one
+# crop per clip and seed (`maebench.downstream.probes.linear.train_crops`).
 # as20k / esc50 are not SUPERB tasks: same optimiser and head, batch 32, a budget of about 100 epochs for ESC-50
 # (1,440 train clips per fold -> 5k steps) and about 30 epochs for AS-20K (~18k clips -> 20k steps); AS-2M 100k steps
 # through the label-frequency weighted sampler (our choice, in the spirit of SUPERB's fixed step budgets).
@@ -39,7 +45,9 @@ _LINEAR: dict[str, LinearSettings] = {
     "ks1": LinearSettings(batch_size=32, max_steps=200_000, eval_every=4000, balanced_sampling=True,
                           source="SUPERB speech_commands config + class-balanced sampler (s3prl)"),
     "sid": LinearSettings(batch_size=8, grad_accum=4, max_steps=200_000, eval_every=4000,
-                          source="SUPERB voxceleb1 config (s3prl)"),
+                          train_crop_seconds=TRAIN_CROP_SECONDS,
+                          source="SUPERB voxceleb1 config (s3prl): train on random 8 s crops (config.yaml "
+                                 "max_timestep 128000; dataset.py crops at random.randint(0, length - 128000))"),
     "er": LinearSettings(batch_size=4, grad_accum=8, max_steps=30_000, eval_every=1000,
                          source="SUPERB emotion config (s3prl)"),
     "esc50": LinearSettings(batch_size=32, max_steps=5000, eval_every=500,

@@ -29,7 +29,7 @@ from pathlib import Path
 from maebench.errors import MaebenchError
 from maebench.upstream.frontend import SAMPLE_RATE
 
-from .base import Example, Fold, Task, require_dir, require_file
+from .base import Example, Fold, Task, read_text_file, require_dir
 
 KS2_WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go", "happy",
@@ -83,9 +83,8 @@ def _word_files(root: Path) -> dict[str, list[str]]:
 
 
 def _read_list(path: Path, root: Path, words: dict[str, list[str]]) -> list[str]:
-    require_file(path, "Speech Commands list file")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path, "Speech Commands list file").splitlines(), start=1):
         rel = line.strip()
         if not rel:
             continue

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from maebench.errors import MaebenchError
 
-from .base import Example, Fold, Task, require_file
+from .base import Example, Fold, Task, read_text_file, require_file
 
 SPLIT_FILE = "iden_split.txt"
 WAV_DIRS = ("dev/wav", "test/wav", "wav")
-TRAIN_CROP_SECONDS = 8.0
+TRAIN_CROP_SECONDS = 8.0  # s3prl voxceleb1 config.yaml max_timestep 128000 samples at 16 kHz (train split only)
 _LINE = re.compile(r"^([123])\s+(id\d{5})/(\S+\.wav)$")
 
 
@@ -47,7 +47,8 @@ def load_sid(root: Path, probe_defaults: dict, is_toy: bool) -> Task:
     split_path = require_file(root / SPLIT_FILE, "VoxCeleb1 identification split file")
     where = _speaker_dirs(root)
     parsed: list[tuple[str, str, str]] = []
-    for number, line in enumerate(split_path.read_text().splitlines(), start=1):
+    split_text = read_text_file(split_path, "VoxCeleb1 identification split file")
+    for number, line in enumerate(split_text.splitlines(), start=1):
         if not line.strip():
             continue
         match = _LINE.match(line.strip())

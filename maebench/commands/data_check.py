@@ -1,7 +1,8 @@
 """Validate an evaluation dataset layout and print example counts per split and class.
 
 A missing or malformed file (list, csv, json, split file, label file or any listed audio file) is a one-line error
-naming it. Without --data the toy dataset is checked (built on first use).
+naming it; --deep also decodes every audio file and lists the unreadable, empty, NaN/Inf or absurdly loud ones
+(evaluation stops at such a file). Without --data the toy dataset is checked (built on first use).
 Example: maebench data check --task ks2 --data speech_commands_v0.02
 """
 
@@ -16,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="as20k, as2m, esc50, ks2, ks1, sid, er, or hear:PATH (a HEAR 2021 task folder)")
     parser.add_argument("--data", type=Path, default=None, metavar="ROOT", help="dataset root (default: toy data)")
     parser.add_argument("--fold", default=None, help="fold whose per-class counts to show (default: the first)")
-    parser.add_argument("--deep", action="store_true", help="also open every audio file header")
+    parser.add_argument("--deep", action="store_true",
+                        help="also decode every audio file: list unreadable, empty, NaN/Inf or absurdly loud ones")
     parser.add_argument("--max-classes", type=int, default=60, help="class rows to show at most (default 60)")
 
 

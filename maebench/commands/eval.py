@@ -2,7 +2,8 @@
 
 Without --upstream the latest `maebench pretrain` run is used; without --data a small toy version of the task (same
 layout as the real dataset) is built on first use. `--task all` runs the six tasks (with --data, ROOT/<task> holds
-each dataset) and prints one table. Each evaluation writes results.json into a new run directory under --out.
+each dataset; every dataset is checked before the first evaluation starts) and prints one table. Each evaluation
+writes results.json into a new run directory under --out.
 
 Examples:
   maebench eval --task ks2 --upstream mae_ast_patch:tiny
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 TASK_CHOICES = ("as20k", "esc50", "ks2", "ks1", "sid", "er", "as2m", "all")
 
@@ -51,9 +53,31 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return dict(split_assignment(item, origin="--set", example="max_steps=500") for item in items)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def task_data(args: argparse.Namespace, task: str) -> Path | None:
+    """The dataset root of `task`: --data itself, ROOT/<task> with --task all, or None (toy data)."""
+    if args.data is None:
+        return None
+    return Path(args.data).expanduser() / task if args.task == "all" else Path(args.data).expanduser()
 
+
+def check_all(roots: dict[str, Path | None]) -> None:
+    """Check every task's layout and files before running any (an hour of evaluations should not end at a missing
+    sixth dataset); every problem is named in one MaebenchError."""
+    from maebench.downstream.datasets import check_layout
+    from maebench.errors import MaebenchError
+
+    problems = []
+    for task, root in roots.items():
+        try:
+            check_layout(task, root)
+        except MaebenchError as err:
+            problems.append(f"{task}: {err}")
+    if problems:
+        raise MaebenchError(f"--task all: nothing was run, the data of {len(problems)} task(s) failed its check: "
+                            + " | ".join(problems))
+
+
+def run(args: argparse.Namespace) -> int:
     from maebench.downstream.evaluate import evaluate, print_results_table
     from maebench.downstream.tasks import TASKS
     from maebench.errors import MaebenchError
@@ -74,12 +98,12 @@ def run(args: argparse.Namespace) -> int:
                                 "a preset such as mae_ast_patch:tiny, or run `maebench pretrain` first")
         upstream = str(latest)
     tasks = list(TASKS) if args.task == "all" else [args.task]
+    roots = {task: task_data(args, task) for task in tasks}
+    if len(tasks) > 1:
+        check_all(roots)
     progress_quiet = args.quiet or not sys.stderr.isatty()
     records = []
-    for task in tasks:
-        data = None
-        if args.data is not None:
-            data = Path(args.data).expanduser() / task if args.task == "all" else Path(args.data).expanduser()
+    for task, data in roots.items():
         record = evaluate(task, upstream, data_root=data, probe=args.probe, seeds=args.seeds, out_dir=args.out,
                           overrides=overrides, quiet=progress_quiet, device=args.device, show_table=False)
         records.append(record)

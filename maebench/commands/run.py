@@ -1,0 +1,92 @@
+"""Run a pipeline recipe: pretraining, evaluations (tasks x probes x upstreams), comparison and report, in order.
+
+Every stage runs under one run directory (default runs/pipeline/<recipe>) with a manifest.json of what ran. Re-run
+the same command after an interruption or a failure: finished stages are skipped, an interrupted pretraining
+resumes exactly from its last checkpoint, a failed stage is tried again. --dry-run prints the plan (each stage,
+done or to do, and its estimated GPU hours) and runs nothing.
+
+Bundled pipelines: demo (what `maebench demo` runs), paper_linear and paper_finetune (the paper's four models on
+the six tasks; --pretrain-data and --eval-data give the data, see each recipe's header).
+
+Examples:
+  maebench run demo --dry-run
+  maebench run paper_linear --pretrain-data train.tsv --eval-data /data --run-dir runs/paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE", help="pipeline recipe: a YAML path or a bundled name (demo, "
+                        "paper_linear, paper_finetune)")
+    add_common(parser)
+    add_data(parser)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """The options `maebench run` and `maebench demo` share."""
+    parser.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/pipeline/<recipe name>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan with estimated GPU hours; run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pretrain-data", metavar="PATH", help="pretraining audio for every pretraining stage (a "
+                        ".tsv manifest, .json list or folder; the paper recipes need it)")
+    parser.add_argument("--eval-data", metavar="ROOT", help="ROOT/<task> holds each evaluation dataset in its "
+                        "official layout (default: the recipe's, else the built-in toy tasks)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_recipe(args.recipe, args)
+
+
+def run_recipe(recipe: str, args: argparse.Namespace) -> int:
+    """Plan, then run (or print the plan); prints the score table and the report path at the end."""
+    from pathlib import Path
+
+    from maebench.pipeline import Runner, describe_plan, load_pipeline
+
+    parsed, pretrain, path = load_pipeline(recipe, pretrain_data=getattr(args, "pretrain_data", None),
+                                           eval_data=getattr(args, "eval_data", None))
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "pipeline" / path.stem
+    runner = Runner(parsed, pretrain, run_dir, path, quiet=args.quiet or not sys.stderr.isatty())
+    if args.dry_run:
+        print(describe_plan(runner))
+        return 0
+    bad = runner.run()
+    _print_outcome(runner, bad)
+    return 1 if bad else 0
+
+
+def _print_outcome(runner, bad: int) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from maebench.report import score_table
+
+    console = Console()
+    summary_path = runner.run_dir / "report" / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        header, rows = score_table(summary)
+        table = Table(title=f"maebench run {runner.recipe_path.stem}")
+        for name in header:
+            table.add_column(name, justify="left" if name in ("upstream", "probe") else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        ratio = summary.get("ssast_over_mae_ast_step_time")
+        speed = f"; SSAST / MAE-AST step time {ratio:.2f}x" if ratio else ""
+        console.print(f"wins of {summary.get('wins_of')} over its random init (logreg): {summary['wins']} of "
+                      f"{summary['tasks_compared']} tasks{speed}")
+        console.print(f"report: {runner.run_dir / 'report' / 'report.md'}", soft_wrap=True)
+    if bad:
+        failed = [k for k, e in runner.manifest.stages.items() if e.get("status") in ("failed", "blocked")]
+        console.print(f"{bad} stage(s) failed or blocked: {', '.join(failed)} (errors in "
+                      f"{runner.manifest.path}); re-run the same command to retry them", soft_wrap=True)

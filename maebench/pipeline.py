@@ -1,0 +1,487 @@
+"""The stage runner behind `maebench run RECIPE` and `maebench demo`: pretrain -> evaluate -> compare -> report.
+
+A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretraining runs, the evaluations
+(tasks x probes x upstreams) and whether to compare and report. Every stage runs under one run directory:
+
+    RUN/manifest.json            what ran: each stage's status, timings, outputs (rewritten atomically)
+    RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
+    RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
+    RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
+    RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
+    RUN/compare/, RUN/report/    the comparison table and the report (maebench.compare, maebench.report)
+
+A stage whose manifest entry is "done" (and whose outputs still exist) is skipped; a failed stage is recorded with
+its error and the stages that do not depend on it still run, so one failure loses nothing else. Pretraining runs in
+a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly).
+A wall-clock `budget_seconds` is turned into a step count once: the run's own first steps (inside the lr warm-up)
+are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
+reused on every re-run, so an interrupted run resumes exactly to the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from maebench.atomic import write_text_atomic
+from maebench.errors import MaebenchError
+from maebench.settings import from_mapping
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+INIT_SUFFIX = "@init"  # "mae_ast@init" in a recipe = the pretraining stage mae_ast's random init
+FOLDED_TASKS = ("esc50", "er")  # cross-validated (5 folds): one seed per fold; other tasks have one split
+
+
+@dataclass
+class PretrainStage:
+    """One pretraining run: a pretraining recipe, `--set` overrides, data, and an optional wall-clock budget."""
+
+    recipe: str | None = None  # a pretraining recipe (bundled name or path); None = the dataclass defaults
+    set: tuple[str, ...] = ()  # `section.key=value` overrides, as `maebench pretrain --set`
+    data: str | None = None  # None = the recipe's data.source (the built-in corpus by default)
+    budget_seconds: float | None = None  # wall-clock training budget -> train.max_steps (calibrated once)
+    calibration_steps: int = 20  # with a budget: the first steps, timed (at most the lr warm-up)
+    threads: int | None = None  # CPU threads (None: maebench.trainer.cpu_threads decides)
+    gpu_hours: float = 0.0  # estimate shown by --dry-run (one GPU)
+
+
+@dataclass
+class EvalStage:
+    """Tasks x probes x upstreams. An upstream is a pretraining stage's name, NAME@init, or any --upstream spec."""
+
+    tasks: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ("linear",)
+    upstreams: tuple[str, ...] = ()
+    seeds: int = 1  # seeds on tasks with one split
+    fold_seeds: int = 1  # seeds per fold on cross-validated tasks (esc50, er)
+    probe_seeds: dict[str, int] = field(default_factory=dict)  # probe -> seeds on one-split tasks (beats `seeds`)
+    data: str | None = None  # ROOT/<task> holds each dataset; None = the built-in toy tasks
+    set: dict[str, Any] = field(default_factory=dict)  # probe -> {setting: value} (as `maebench eval --set`)
+    gpu_hours: dict[str, float] = field(default_factory=dict)  # probe -> estimated GPU hours per task evaluation
+
+
+@dataclass
+class Recipe:
+    pipeline: int = 1
+    description: str = ""
+    pretrain: dict[str, Any] = field(default_factory=dict)  # name -> PretrainStage fields
+    evals: EvalStage = field(default_factory=EvalStage)
+    compare: bool = True
+    report: bool = True
+
+
+@dataclass
+class Stage:
+    """One unit of work in the plan; `key` names it in the manifest."""
+
+    key: str
+    kind: str  # pretrain | eval | compare | report
+    gpu_hours: float = 0.0
+    needs: tuple[str, ...] = ()  # stage keys that must be done first
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+
+
+def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_data: str | None = None
+                  ) -> tuple[Recipe, dict[str, PretrainStage], Path]:
+    """A pipeline recipe (path or bundled name), checked: unknown keys and bad values are one-line errors.
+    `pretrain_data` replaces every pretraining stage's data, `eval_data` the evaluations' data root."""
+    from maebench.config import read_recipe_yaml
+
+    path, data = read_recipe_yaml(recipe)
+    if not isinstance(data, dict) or "pipeline" not in data:
+        raise MaebenchError(f"recipe {path} is a pretraining recipe, not a pipeline (no `pipeline: 1` key): use "
+                            f"`maebench pretrain --recipe {path}`, or pick a pipeline recipe such as demo")
+    origin = f"recipe {path}"
+    parsed = from_mapping(Recipe, data, origin=origin, kind="pipeline key")
+    stages = {str(name): from_mapping(PretrainStage, fields or {}, origin=origin, kind="pretrain key",
+                                      prefix=f"pretrain.{name}.") for name, fields in parsed.pretrain.items()}
+    for spec in stages.values():
+        spec.data = pretrain_data or spec.data
+    parsed.evals.data = eval_data or parsed.evals.data
+    known = set(stages) | {f"{name}{INIT_SUFFIX}" for name in stages}
+    for spec in parsed.evals.upstreams:
+        if spec.endswith(INIT_SUFFIX) and spec not in known:
+            raise MaebenchError(f"{origin}: evals.upstreams names {spec!r} but there is no pretrain stage "
+                                f"{spec[:-len(INIT_SUFFIX)]!r} ({', '.join(stages) or 'none defined'})")
+    bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune")]
+    if bad_probes:
+        raise MaebenchError(f"{origin}: unknown probe(s) {', '.join(bad_probes)} in evals.probes "
+                            "(linear, logreg, finetune)")
+    return parsed, stages, path
+
+
+def plan(recipe: Recipe, pretrain: dict[str, PretrainStage]) -> list[Stage]:
+    """Every stage in run order: pretraining, then each (upstream, task, probe), then compare and report."""
+    stages = [Stage(f"pretrain/{name}", "pretrain", spec.gpu_hours, params={"name": name})
+              for name, spec in pretrain.items()]
+    ev = recipe.evals
+    for upstream in ev.upstreams:
+        source = upstream[:-len(INIT_SUFFIX)] if upstream.endswith(INIT_SUFFIX) else upstream
+        needs = (f"pretrain/{source}",) if source in pretrain else ()
+        for task in ev.tasks:
+            for probe in ev.probes:
+                seeds = ev.fold_seeds if task in FOLDED_TASKS else int(ev.probe_seeds.get(probe, ev.seeds))
+                stages.append(Stage(f"eval/{upstream}/{task}/{probe}", "eval", float(ev.gpu_hours.get(probe, 0.0)),
+                                    needs, {"upstream": upstream, "task": task, "probe": probe, "seeds": seeds}))
+    evals = tuple(s.key for s in stages if s.kind == "eval")
+    if recipe.compare and evals:
+        stages.append(Stage("compare", "compare"))
+    if recipe.report:
+        stages.append(Stage("report", "report"))
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------------- manifest
+
+
+class Manifest:
+    """RUN/manifest.json: per stage its status (done / failed / blocked), timings and outputs."""
+
+    def __init__(self, run_dir: Path, recipe_name: str, recipe_hash: str) -> None:
+        self.path = run_dir / MANIFEST
+        self.data: dict[str, Any] = {"maebench_pipeline": MANIFEST_FORMAT, "recipe": recipe_name,
+                                     "recipe_hash": recipe_hash, "stages": {}}
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise MaebenchError(f"{self.path} is unreadable ({err}): move it away to start the run again") from None
+            if saved.get("recipe_hash") != recipe_hash:
+                raise MaebenchError(f"{run_dir} holds a run of another recipe ({saved.get('recipe')}, or an edited "
+                                    "one): choose another --run-dir, or move that directory away")
+            self.data = saved
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return self.data["stages"]
+
+    def resolve(self, path: str) -> Path:
+        """An output path of the manifest: relative to the run directory (so it can move), or absolute."""
+        return self.path.parent / path
+
+    def is_done(self, key: str) -> bool:
+        entry = self.stages.get(key) or {}
+        outputs = [self.resolve(p) for p in (entry.get("outputs") or {}).values() if isinstance(p, str)]
+        return entry.get("status") == "done" and all(p.exists() for p in outputs)
+
+    def record(self, key: str, **entry: Any) -> None:
+        if "outputs" in entry:  # stored relative to the run directory when inside it
+            root = self.path.parent.resolve()
+            entry["outputs"] = {name: _relative(Path(value).resolve(), root)
+                                for name, value in entry["outputs"].items()}
+        self.stages[key] = {**entry, "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Runner:
+    """Runs a planned pipeline in RUN, stage by stage, skipping what the manifest says is done."""
+
+    recipe: Recipe
+    pretrain: dict[str, PretrainStage]
+    run_dir: Path
+    recipe_path: Path
+    quiet: bool = False
+    stages: list[Stage] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stages = plan(self.recipe, self.pretrain)
+        text = self.recipe_path.read_text()
+        data = json.dumps([self.recipe.evals.data, {n: s.data for n, s in self.pretrain.items()}])
+        identity = hashlib.sha256(f"{text}\n{data}".encode()).hexdigest()[:16]  # the recipe and its data paths
+        self.manifest = Manifest(self.run_dir, self.recipe_path.stem, identity)
+        self.recipe_text = text
+
+    def run(self) -> int:
+        """Every stage in order; returns the number of failed or blocked stages (0 = all done)."""
+        from maebench.progress import progress_bar
+
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not self.manifest.path.exists():
+            raise MaebenchError(f"{self.run_dir} already holds files that are not a pipeline run (no {MANIFEST}): "
+                                "choose another --run-dir; nothing there was touched")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / "recipe.yaml").exists():
+            write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
+        self.manifest.save()
+        estimates = _time_estimates(self.stages, self.pretrain)
+        bad, ran = 0, False
+        with progress_bar(self.quiet, unit="s", fields=("stage",)) as progress:
+            task = progress.add_task("pipeline", total=sum(estimates.values()), stage="")
+            for stage in self.stages:
+                progress.update(task, stage=stage.key)
+                summary = stage.kind in ("compare", "report")  # redone whenever a stage before them ran
+                if not self.manifest.is_done(stage.key) or (summary and ran):
+                    ran = True
+                    child = stage.kind == "pretrain"  # the trainer's own bar (step, loss, ETA) shows meanwhile
+                    if child:
+                        progress.stop()
+                        if not self.quiet:
+                            print(f"stage {stage.key}", file=sys.stderr, flush=True)
+                    bad += self._run_stage(stage)
+                    if child:
+                        progress.start()
+                progress.advance(task, estimates[stage.key])
+        return bad
+
+    def _run_stage(self, stage: Stage) -> int:
+        failed = [n for n in stage.needs if not self.manifest.is_done(n)]
+        if failed:
+            self.manifest.record(stage.key, status="blocked", error=f"needs {', '.join(failed)}")
+            return 1
+        started = time.perf_counter()
+        try:
+            outputs = getattr(self, f"_do_{stage.kind}")(stage)
+        except Exception as err:  # any failure (a bug too) is recorded and the independent stages still run
+            message = str(err) if isinstance(err, MaebenchError) else f"{type(err).__name__}: {err}"
+            if not isinstance(err, MaebenchError):
+                traceback.print_exc()
+            self.manifest.record(stage.key, status="failed", error=message,
+                                 seconds=round(time.perf_counter() - started, 1))
+            print(f"maebench run: stage {stage.key} failed: {message}", file=sys.stderr)
+            return 1
+        self.manifest.record(stage.key, status="done", seconds=round(time.perf_counter() - started, 1), **outputs)
+        return 0
+
+    # ---- the stage kinds (each returns the manifest fields of its entry)
+
+    def _do_pretrain(self, stage: Stage) -> dict[str, Any]:
+        name = stage.params["name"]
+        spec = self.pretrain[name]
+        cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
+        job = {"config": _config_dict(cfg), "budget_seconds": spec.budget_seconds, "threads": spec.threads,
+               "calibration_steps": spec.calibration_steps,
+               "init_dir": str(init_dir(self.run_dir, name)), "quiet": self.quiet,
+               "calibration": str(self.run_dir / "pretrain" / f"{name}.calibration.json"),
+               "result": str(self.run_dir / "pretrain" / f"{name}.result.json"),
+               "error": str(self.run_dir / "pretrain" / f"{name}.error.txt")}
+        job_path = self.run_dir / "pretrain" / f"{name}.job.json"
+        job_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(job_path, json.dumps(job, indent=2) + "\n")
+        error = Path(job["error"])
+        error.unlink(missing_ok=True)
+        code = _wait_for_child(subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)]))
+        if code != 0:
+            reason = error.read_text().strip() if error.exists() else f"exited with status {code}"
+            raise MaebenchError(f"pretraining {name}: {reason} (re-running the same command resumes from its last "
+                                "checkpoint)")
+        result = json.loads(Path(job["result"]).read_text())
+        calibration = json.loads(Path(job["calibration"]).read_text()) if Path(job["calibration"]).exists() else None
+        speed = training_speed(cfg.default_run_dir(), cfg.train.batch_size)
+        return {"outputs": {"run": str(cfg.default_run_dir()), "init": job["init_dir"]},
+                "model": f"{cfg.model.name}:{cfg.model.size}", "overrides": cfg.model.overrides,
+                "batch_size": cfg.train.batch_size, "clip_seconds": cfg.data.clip_seconds,
+                "budget_seconds": spec.budget_seconds, "calibration": calibration, "result": result, **speed}
+
+    def _do_eval(self, stage: Stage) -> dict[str, Any]:
+        from maebench.downstream.evaluate import evaluate
+
+        p, ev = stage.params, self.recipe.evals
+        upstream = self._upstream_spec(p["upstream"])
+        data = Path(ev.data).expanduser() / p["task"] if ev.data else None
+        overrides = {str(k): v for k, v in (ev.set.get(p["probe"]) or {}).items()}
+        record = evaluate(p["task"], upstream, data_root=data, probe=p["probe"], seeds=p["seeds"],
+                          out_dir=self.run_dir / "evals", overrides=overrides, quiet=True, show_table=False)
+        from maebench.downstream.datasets import load_task
+
+        try:  # built or read already by the evaluation: cheap
+            items = sum(len(fold.test) for fold in load_task(p["task"], data).folds)
+        except MaebenchError:  # a task kind load_task does not read (hear:PATH): the win rule then uses std only
+            items = 0
+        return {"outputs": {"results": record["results_path"]}, "score": record["score"], "std": record["std"],
+                "metric": record["metric"], "test_items": items, **p}
+
+    def _do_compare(self, stage: Stage) -> dict[str, Any]:
+        from maebench.compare import build_comparison, read_result, write_outputs
+
+        results = [read_result(self.manifest.resolve(e["outputs"]["results"])) for k, e in self.manifest.stages.items()
+                   if k.startswith("eval/") and self.manifest.is_done(k)]
+        if not results:
+            raise MaebenchError("no evaluation finished: nothing to compare")
+        written = write_outputs(build_comparison(results), self.run_dir / "compare")
+        return {"outputs": {k: str(v) for k, v in written.items() if k in ("markdown", "csv")}}
+
+    def _do_report(self, stage: Stage) -> dict[str, Any]:
+        from maebench.report import write_report
+
+        written = write_report(self.run_dir, self.manifest.data, self.recipe.description)
+        return {"outputs": {"report": str(written)}}
+
+    def _upstream_spec(self, upstream: str) -> str:
+        if upstream.endswith(INIT_SUFFIX):
+            return str(init_dir(self.run_dir, upstream[:-len(INIT_SUFFIX)]))
+        if upstream in self.pretrain:
+            return str(self.run_dir / "pretrain" / upstream)
+        return upstream
+
+
+def _wait_for_child(process: subprocess.Popen) -> int:
+    """The child's exit status. On Ctrl-C (which the child receives too) give it time to stop cleanly (its last
+    checkpoint is intact either way: checkpoints are written atomically), then re-raise."""
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+
+
+def init_dir(run_dir: Path, name: str) -> Path:
+    return run_dir / "pretrain" / f"{name}-init"
+
+
+def pretrain_config(spec: PretrainStage, run_dir: Path):
+    """The PretrainConfig of a stage: defaults < its recipe < data < its `set` overrides; run_dir fixed."""
+    from maebench.config import PretrainConfig, apply_overrides, load_recipe
+
+    cfg = load_recipe(spec.recipe) if spec.recipe else PretrainConfig()
+    flags = [f"data.source={spec.data}"] if spec.data else []
+    cfg = apply_overrides(cfg, flags, origin="pipeline data")
+    cfg = apply_overrides(cfg, list(spec.set))
+    cfg.run_dir = str(run_dir)
+    return cfg
+
+
+def _config_dict(cfg) -> dict[str, Any]:
+    from maebench.config import to_dict
+
+    return to_dict(cfg)
+
+
+def training_speed(run_dir: Path, batch_size: int) -> dict[str, float | None]:
+    """Step time (median over logging windows, the first one, with start-up, left out), clips/s and the loss
+    curve, from RUN/metrics.jsonl: the whole run, including parts trained before an interruption."""
+    records = []
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    per_step, previous = [], 0
+    for record in records:
+        steps = record["step"] - previous
+        if steps > 0 and record.get("clips_per_s") and previous > 0:
+            per_step.append(record["clips"] / record["clips_per_s"] / steps)
+        previous = record["step"]
+    step_s = statistics.median(per_step) if per_step else None
+    return {"step_s": step_s, "clips_per_s": batch_size / step_s if step_s else None,
+            "steps": records[-1]["step"] if records else 0,
+            "loss_curve": [[r["step"], r["loss"]] for r in records]}
+
+
+def _time_estimates(stages: list[Stage], pretrain: dict[str, PretrainStage]) -> dict[str, float]:
+    """Rough seconds per stage for the overall bar's ETA: a pretraining stage its budget plus start-up, an
+    evaluation 8 s (toy tasks on a CPU), compare and report a few seconds."""
+    def guess(stage: Stage) -> float:
+        if stage.kind == "pretrain":
+            return (pretrain[stage.params["name"]].budget_seconds or 60.0) + 20.0
+        return 8.0 if stage.kind == "eval" else 3.0
+
+    return {s.key: guess(s) for s in stages}
+
+
+# ---------------------------------------------------------------------------------------------------- dry run
+
+
+def describe_plan(runner: Runner) -> str:
+    """The plan as text: each stage, whether it is done, its estimated GPU hours, and the total still to run."""
+    lines = [f"plan of {runner.recipe_path.stem} in {runner.run_dir}:"]
+    todo = 0.0
+    for stage in runner.stages:
+        done = runner.manifest.is_done(stage.key)
+        todo += 0.0 if done else stage.gpu_hours
+        extra = ""
+        if stage.kind == "pretrain":
+            spec = runner.pretrain[stage.params["name"]]
+            cfg = pretrain_config(spec, runner.run_dir / "pretrain" / stage.params["name"])
+            steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
+            extra = f"  {cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
+        elif stage.kind == "eval":
+            extra = f"  seeds {stage.params['seeds']}"
+        lines.append(f"  [{'done' if done else 'todo'}] {stage.key:<44} {stage.gpu_hours:8.1f} GPU h{extra}")
+    lines.append(f"estimated GPU hours still to run: {todo:.1f} (one GPU; estimates from the recipe)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- the child
+
+
+def _child(job_path: Path) -> None:
+    """One pretraining stage in its own process: the random-init checkpoint, the step budget, then training."""
+    from maebench.config import from_dict
+    from maebench.trainer import build_model, seed_everything, train
+    from maebench.upstream import save_upstream
+
+    job = json.loads(job_path.read_text())
+    cfg = from_dict(job["config"], origin=str(job_path))
+    init = Path(job["init_dir"])
+    if not (init / "config.json").exists():  # the trainer seeds, then builds: the same weights as its step 0
+        seed_everything(cfg.train.seed)
+        save_upstream(build_model(cfg), init, provenance={"random_init_of": cfg.default_run_dir().name,
+                                                          "seed": cfg.train.seed})
+    resume = False
+    if job["budget_seconds"]:
+        calibration = Path(job["calibration"])
+        if not calibration.exists():
+            write_text_atomic(calibration, json.dumps(_calibrate(cfg, job), indent=2) + "\n")
+        cfg.train.max_steps = json.loads(calibration.read_text())["max_steps"]
+        cfg.train.ckpt_every = max(1, min(cfg.train.ckpt_every, cfg.train.max_steps // 4))
+        resume = True  # the first steps ran with max_steps = the timed steps: continue them
+    result = train(cfg, quiet=job["quiet"], threads=job["threads"], resume=resume)
+    fields = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("losses", "skipped")}
+    write_text_atomic(job["result"], json.dumps(fields, indent=2, default=str) + "\n")
+
+
+def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:
+    """The run's own first `calibration_steps` steps (inside the lr warm-up, so they are the steps of the full
+    schedule too), timed on the real data and machine: max_steps = budget / their median step time."""
+    from maebench.trainer import train
+
+    first = copy.deepcopy(cfg)
+    timed = max(2, min(job["calibration_steps"], cfg.optim.warmup_steps or job["calibration_steps"]))
+    first.train.max_steps = timed
+    first.train.ckpt_every = min(cfg.train.ckpt_every, timed)
+    result = train(first, quiet=job["quiet"], threads=job["threads"], resume=True)
+    step_s = training_speed(cfg.default_run_dir(), cfg.train.batch_size)["step_s"]
+    step_s = step_s or result.wall_s / max(1, result.steps - result.start_step)  # no window past the first
+    steps = max(10, timed, int(job["budget_seconds"] / step_s))  # 10: a loss curve, however short the budget
+    return {"budget_seconds": job["budget_seconds"], "timed_steps": timed, "step_s": step_s, "max_steps": steps}
+
+
+if __name__ == "__main__":
+    try:
+        _child(Path(sys.argv[1]))
+    except MaebenchError as err:
+        print(f"maebench: error: {err}", file=sys.stderr)
+        write_text_atomic(json.loads(Path(sys.argv[1]).read_text())["error"], f"{err}\n")  # for the manifest
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
