@@ -76,22 +76,6 @@ def build_hear_toy(out_dir: str | Path, *, seed: int = 0, multilabel: bool = Fal
 def write_hear_toy(target: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
     """`build_hear_toy` at `target` with the toy builder's rules (`downstream/toy.py`): only a new or empty folder,
     or with `overwrite` an earlier toy build, is written; built in a temporary sibling and renamed into place."""
-    import shutil
+    from .toy import write_built
 
-    from maebench.atomic import sweep_stale, temp_sibling
-
-    from .toy import _replace_dir, check_writable_toy_target
-
-    target = Path(target).expanduser()
-    check_writable_toy_target(target, overwrite=overwrite)
-    for tag in ("tmp", "old"):
-        sweep_stale(target, tag)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(target)
-    try:
-        build_hear_toy(tmp, seed=seed)
-        check_writable_toy_target(target, overwrite=overwrite)
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_built(lambda tmp: build_hear_toy(tmp, seed=seed), target, overwrite=overwrite)

@@ -498,6 +498,13 @@ def write_toy(name: str, target: str | Path, *, seed: int = 0, speech_backend: s
     A folder holding anything else is refused whatever the flags: it may be the user's real dataset. The build
     goes to a temporary sibling renamed into place; leftovers of killed builds are swept first.
     """
+    return write_built(lambda tmp: build_toy(name, tmp, seed=seed, speech_backend=speech_backend, size=size),
+                       target, overwrite=overwrite)
+
+
+def write_built(build: Callable[[Path], object], target: str | Path, *, overwrite: bool = False) -> Path:
+    """Run `build(tmp)` in a temporary sibling of `target` and rename it into place, under the toy rules: only a
+    new or empty folder, or with `overwrite` an earlier toy build, is replaced; killed builds' leftovers are swept."""
     target = Path(target).expanduser()
     check_writable_toy_target(target, overwrite=overwrite)
     for tag in ("tmp", "old"):
@@ -505,7 +512,7 @@ def write_toy(name: str, target: str | Path, *, seed: int = 0, speech_backend: s
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
     try:
-        build_toy(name, tmp, seed=seed, speech_backend=speech_backend, size=size)
+        build(tmp)
         check_writable_toy_target(target, overwrite=overwrite)  # still true after the build (seconds later)?
         _replace_dir(tmp, target)
     finally:

@@ -33,8 +33,6 @@ from maebench.upstream.checkpoint import latest_checkpoint
 TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
 
 
-
-
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     """One intra-op thread: fast on a busy shared CPU, and the same reduction order in every run compared."""
