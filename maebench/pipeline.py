@@ -8,6 +8,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
     RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
+    RUN/stats/                   per-layer feature statistics of every upstream (maebench.feature_stats)
     RUN/compare/, RUN/report/    the comparison table and the report (maebench.compare, maebench.report)
 
 A stage whose manifest entry is "done" (and whose outputs still exist) is skipped; a failed stage is recorded with
@@ -15,7 +16,8 @@ its error and the stages that do not depend on it still run, so one failure lose
 a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly).
 A wall-clock `budget_seconds` is turned into a step count once: the run's own first steps (inside the lr warm-up)
 are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
-reused on every re-run, so an interrupted run resumes exactly to the same weights.
+reused on every re-run, so an interrupted run resumes exactly to the same weights. With `evals.jobs` > 1 the
+evaluations run in that many worker processes; only this process writes the manifest.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +44,7 @@ from maebench.settings import from_mapping
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 INIT_SUFFIX = "@init"  # "mae_ast@init" in a recipe = the pretraining stage mae_ast's random init
+SUMMARY_KINDS = ("stats", "compare", "report")  # stages that read every evaluation: redone when one ran
 FOLDED_TASKS = ("esc50", "er")  # cross-validated (5 folds): one seed per fold; other tasks have one split
 
 
@@ -69,6 +73,9 @@ class EvalStage:
     probe_seeds: dict[str, int] = field(default_factory=dict)  # probe -> seeds on one-split tasks (beats `seeds`)
     data: str | None = None  # ROOT/<task> holds each dataset; None = the built-in toy tasks
     set: dict[str, Any] = field(default_factory=dict)  # probe -> {setting: value} (as `maebench eval --set`)
+    # evaluations run at once, each in its own process with an equal share of the CPU threads (1 = one after the
+    # other, in this process). The logreg probe fits on one core, so on a CPU 2 keeps two cores busy.
+    jobs: int = 1
     gpu_hours: dict[str, float] = field(default_factory=dict)  # probe -> estimated GPU hours per task evaluation
 
 
@@ -79,6 +86,7 @@ class Recipe:
     pretrain: dict[str, Any] = field(default_factory=dict)  # name -> PretrainStage fields
     evals: EvalStage = field(default_factory=EvalStage)
     compare: bool = True
+    feature_stats: bool = False  # per-layer token cosine and effective dimension of every upstream (the report's)
     report: bool = True
 
 
@@ -118,6 +126,8 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
         if spec.endswith(INIT_SUFFIX) and spec not in known:
             raise MaebenchError(f"{origin}: evals.upstreams names {spec!r} but there is no pretrain stage "
                                 f"{spec[:-len(INIT_SUFFIX)]!r} ({', '.join(stages) or 'none defined'})")
+    if parsed.evals.jobs < 1:
+        raise MaebenchError(f"{origin}: evals.jobs must be at least 1, got {parsed.evals.jobs}")
     bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune")]
     if bad_probes:
         raise MaebenchError(f"{origin}: unknown probe(s) {', '.join(bad_probes)} in evals.probes "
@@ -139,6 +149,9 @@ def plan(recipe: Recipe, pretrain: dict[str, PretrainStage]) -> list[Stage]:
                 stages.append(Stage(f"eval/{upstream}/{task}/{probe}", "eval", float(ev.gpu_hours.get(probe, 0.0)),
                                     needs, {"upstream": upstream, "task": task, "probe": probe, "seeds": seeds}))
     evals = tuple(s.key for s in stages if s.kind == "eval")
+    if recipe.feature_stats and ev.upstreams and ev.tasks:
+        needs = tuple(sorted({n for s in stages if s.kind == "eval" for n in s.needs}))
+        stages.append(Stage("stats", "stats", needs=needs))
     if recipe.compare and evals:
         stages.append(Stage("compare", "compare"))
     if recipe.report:
@@ -187,6 +200,13 @@ class Manifest:
         self.stages[key] = {**entry, "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.save()
 
+    def order(self, keys: list[str]) -> None:
+        """Put the entries in plan order (parallel evaluations finish in any order); others keep their place after."""
+        stages = self.stages
+        self.data["stages"] = {**{k: stages[k] for k in keys if k in stages},
+                               **{k: v for k, v in stages.items() if k not in keys}}
+        self.save()
+
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
@@ -229,25 +249,103 @@ class Runner:
         if not (self.run_dir / "recipe.yaml").exists():
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
-        estimates = _time_estimates(self.stages, self.pretrain)
+        estimates = _time_estimates(self.stages, self.pretrain, self.recipe.evals.jobs)
         bad, ran = 0, False
         with progress_bar(self.quiet, unit="s", fields=("stage",)) as progress:
             task = progress.add_task("pipeline", total=sum(estimates.values()), stage="")
-            for stage in self.stages:
+            for group in self._groups():
+                summary = group[0].kind in SUMMARY_KINDS  # redone whenever a stage before them ran
+                todo = [s for s in group if not self.manifest.is_done(s.key) or (summary and ran)]
+                progress.advance(task, sum(estimates[s.key] for s in group if s not in todo))
+                if not todo:
+                    continue
+                ran = True
+                if len(group) > 1:  # the evaluations, several at once
+                    progress.update(task, stage=f"{len(todo)} evaluations, {self.recipe.evals.jobs} at a time")
+                    bad += self._run_parallel_evals(todo, lambda key: progress.advance(task, estimates[key]))
+                    continue
+                stage = todo[0]
                 progress.update(task, stage=stage.key)
-                summary = stage.kind in ("compare", "report")  # redone whenever a stage before them ran
-                if not self.manifest.is_done(stage.key) or (summary and ran):
-                    ran = True
-                    child = stage.kind == "pretrain"  # the trainer's own bar (step, loss, ETA) shows meanwhile
-                    if child:
-                        progress.stop()
-                        if not self.quiet:
-                            print(f"stage {stage.key}", file=sys.stderr, flush=True)
-                    bad += self._run_stage(stage)
-                    if child:
-                        progress.start()
+                child = stage.kind == "pretrain"  # the trainer's own bar (step, loss, ETA) shows meanwhile
+                if child:
+                    progress.stop()
+                    if not self.quiet:
+                        print(f"stage {stage.key}", file=sys.stderr, flush=True)
+                bad += self._run_stage(stage)
+                if child:
+                    progress.start()
                 progress.advance(task, estimates[stage.key])
         return bad
+
+    def _groups(self) -> list[list[Stage]]:
+        """The stages in run order, one per group, except that with evals.jobs > 1 the evaluations form one group."""
+        if self.recipe.evals.jobs <= 1:
+            return [[stage] for stage in self.stages]
+        groups: list[list[Stage]] = []
+        for stage in self.stages:
+            if stage.kind == "eval" and groups and groups[-1][0].kind == "eval":
+                groups[-1].append(stage)
+            else:
+                groups.append([stage])
+        return groups
+
+    def _run_parallel_evals(self, stages: list[Stage], advance: Callable[[str], None]) -> int:
+        """Evaluations in `evals.jobs` worker processes; the manifest is written here only, as each finishes.
+
+        One work item per (upstream, task): its probes share one feature extraction. Toy tasks are built here
+        first, so that workers never build the same one at once.
+        """
+        import concurrent.futures as futures
+        import multiprocessing
+
+        from maebench.trainer import cpu_threads
+
+        bad, items = 0, {}
+        for stage in stages:
+            failed = [n for n in stage.needs if not self.manifest.is_done(n)]
+            if failed:
+                self.manifest.record(stage.key, status="blocked", error=f"needs {', '.join(failed)}")
+                bad += 1
+                advance(stage.key)
+            else:
+                items.setdefault((stage.params["upstream"], stage.params["task"]), []).append(stage)
+        self._build_tasks({task for _, task in items})
+        jobs = self.recipe.evals.jobs
+        context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
+        with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
+                                         initargs=(max(1, cpu_threads() // jobs),)) as pool:
+            running = {pool.submit(_evaluate_group, self.run_dir, self.recipe.evals,
+                                   [(s.key, s.params, self._upstream_spec(s.params["upstream"])) for s in group]
+                                   ): group for group in items.values()}
+            try:
+                for future in futures.as_completed(running):
+                    for key, outcome in _group_outcomes(future, running[future]):
+                        bad += self._record_outcome(key, outcome)
+                        advance(key)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        self.manifest.order([s.key for s in self.stages])
+        return bad
+
+    def _build_tasks(self, tasks: set[str]) -> None:
+        """Build (or check) the toy tasks the evaluations will read; a task that cannot be read fails in its stage."""
+        from maebench.downstream.datasets import load_task
+
+        if self.recipe.evals.data:
+            return
+        for name in sorted(tasks):
+            try:
+                load_task(name)
+            except MaebenchError:
+                continue
+
+    def _record_outcome(self, key: str, outcome: dict[str, Any]) -> int:
+        self.manifest.record(key, **outcome)
+        if outcome["status"] == "done":
+            return 0
+        print(f"maebench run: stage {key} failed: {outcome['error']}", file=sys.stderr)
+        return 1
 
     def _run_stage(self, stage: Stage) -> int:
         failed = [n for n in stage.needs if not self.manifest.is_done(n)]
@@ -258,7 +356,7 @@ class Runner:
         try:
             outputs = getattr(self, f"_do_{stage.kind}")(stage)
         except Exception as err:  # any failure (a bug too) is recorded and the independent stages still run
-            message = str(err) if isinstance(err, MaebenchError) else f"{type(err).__name__}: {err}"
+            message = _error_text(err)
             if not isinstance(err, MaebenchError):
                 traceback.print_exc()
             self.manifest.record(stage.key, status="failed", error=message,
@@ -299,22 +397,19 @@ class Runner:
                 "budget_seconds": spec.budget_seconds, "calibration": calibration, "result": result, **speed}
 
     def _do_eval(self, stage: Stage) -> dict[str, Any]:
-        from maebench.downstream.evaluate import evaluate
+        upstream = self._upstream_spec(stage.params["upstream"])
+        return evaluate_stage(self.run_dir, self.recipe.evals, stage.params, upstream)
 
-        p, ev = stage.params, self.recipe.evals
-        upstream = self._upstream_spec(p["upstream"])
-        data = Path(ev.data).expanduser() / p["task"] if ev.data else None
-        overrides = {str(k): v for k, v in (ev.set.get(p["probe"]) or {}).items()}
-        record = evaluate(p["task"], upstream, data_root=data, probe=p["probe"], seeds=p["seeds"],
-                          out_dir=self.run_dir / "evals", overrides=overrides, quiet=True, show_table=False)
-        from maebench.downstream.datasets import load_task
+    def _do_stats(self, stage: Stage) -> dict[str, Any]:
+        from maebench.feature_stats import write_feature_stats
 
-        try:  # built or read already by the evaluation: cheap
-            items = sum(len(fold.test) for fold in load_task(p["task"], data).folds)
-        except MaebenchError:  # a task kind load_task does not read (hear:PATH): the win rule then uses std only
-            items = 0
-        return {"outputs": {"results": record["results_path"]}, "score": record["score"], "std": record["std"],
-                "metric": record["metric"], "test_items": items, **p}
+        evals = self.recipe.evals
+        task = "ks2" if "ks2" in evals.tasks else evals.tasks[0]
+        data = Path(evals.data).expanduser() / task if evals.data else None
+        upstreams = {name: self._upstream_spec(name) for name in evals.upstreams}
+        written = write_feature_stats(upstreams, self.run_dir / "stats" / "feature_stats.json", task=task,
+                                      data_root=data)
+        return {"outputs": {"stats": str(written)}, "task": task}
 
     def _do_compare(self, stage: Stage) -> dict[str, Any]:
         from maebench.compare import build_comparison, read_result, write_outputs
@@ -338,6 +433,58 @@ class Runner:
         if upstream in self.pretrain:
             return str(self.run_dir / "pretrain" / upstream)
         return upstream
+
+
+def evaluate_stage(run_dir: Path, evals: EvalStage, params: dict[str, Any], upstream: str) -> dict[str, Any]:
+    """One evaluation stage (`params`: upstream, task, probe, seeds): its manifest fields."""
+    from maebench.downstream.datasets import load_task
+    from maebench.downstream.evaluate import evaluate
+
+    data = Path(evals.data).expanduser() / params["task"] if evals.data else None
+    overrides = {str(k): v for k, v in (evals.set.get(params["probe"]) or {}).items()}
+    record = evaluate(params["task"], upstream, data_root=data, probe=params["probe"], seeds=params["seeds"],
+                      out_dir=run_dir / "evals", overrides=overrides, quiet=True, show_table=False)
+    try:  # built or read already by the evaluation: cheap
+        items = sum(len(fold.test) for fold in load_task(params["task"], data).folds)
+    except MaebenchError:  # a task kind load_task does not read (hear:PATH): the win rule then uses std only
+        items = 0
+    return {"outputs": {"results": record["results_path"]}, "score": record["score"], "std": record["std"],
+            "metric": record["metric"], "test_items": items, **params}
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _evaluate_group(run_dir: Path, evals: EvalStage, items: list[tuple[str, dict[str, Any], str]]
+                    ) -> list[tuple[str, dict[str, Any]]]:
+    """In a worker process: each (key, params, upstream spec) evaluated in turn; a failure is an outcome too."""
+    outcomes = []
+    for key, params, upstream in items:
+        started = time.perf_counter()
+        try:
+            fields = {"status": "done", **evaluate_stage(run_dir, evals, params, upstream)}
+        except Exception as err:  # as in Runner._run_stage: recorded, and the other evaluations still run
+            if not isinstance(err, MaebenchError):
+                traceback.print_exc()
+            fields = {"status": "failed", "error": _error_text(err)}
+        outcomes.append((key, {**fields, "seconds": round(time.perf_counter() - started, 1)}))
+    return outcomes
+
+
+def _group_outcomes(future, stages: list[Stage]) -> list[tuple[str, dict[str, Any]]]:
+    """A work item's outcomes; a worker that died (killed, out of memory) fails each of its stages."""
+    try:
+        return future.result()
+    except Exception as err:
+        return [(stage.key, {"status": "failed", "error": f"evaluation worker died: {_error_text(err)}"})
+                for stage in stages]
+
+
+def _error_text(err: BaseException) -> str:
+    return str(err) if isinstance(err, MaebenchError) else f"{type(err).__name__}: {err}"
 
 
 def _wait_for_child(process: subprocess.Popen) -> int:
@@ -397,13 +544,13 @@ def training_speed(run_dir: Path, batch_size: int) -> dict[str, float | None]:
             "loss_curve": [[r["step"], r["loss"]] for r in records]}
 
 
-def _time_estimates(stages: list[Stage], pretrain: dict[str, PretrainStage]) -> dict[str, float]:
+def _time_estimates(stages: list[Stage], pretrain: dict[str, PretrainStage], jobs: int = 1) -> dict[str, float]:
     """Rough seconds per stage for the overall bar's ETA: a pretraining stage its budget plus start-up, an
-    evaluation 8 s (toy tasks on a CPU), compare and report a few seconds."""
+    evaluation 8 s (toy tasks on a CPU) shared by the `jobs` running at once, the others a few seconds."""
     def guess(stage: Stage) -> float:
         if stage.kind == "pretrain":
             return (pretrain[stage.params["name"]].budget_seconds or 60.0) + 20.0
-        return 8.0 if stage.kind == "eval" else 3.0
+        return 8.0 / jobs if stage.kind == "eval" else 3.0
 
     return {s.key: guess(s) for s in stages}
 

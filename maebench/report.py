@@ -3,7 +3,9 @@
 Everything comes from the run's manifest.json and the results.json files it names (design rule: reports come from
 these files alone), so a report can be rebuilt from a copied run directory. `summary.json`'s `wins` counts the
 tasks where a pretrained upstream beats its own random init (logreg probe) by more than the noise: the larger of
-the two scores' std over folds/seeds (`count_wins`).
+the two scores' std over folds/seeds (`count_wins`). A done `stats` stage adds the per-layer feature statistics of
+`maebench/feature_stats.py` (its JSON, named by the stage's `outputs["stats"]`): a table, a figure and
+summary.json's `feature_stats`; runs without that stage report as before.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from maebench.errors import MaebenchError
 
 INIT_SUFFIX = "@init"
 WIN_PROBE = "logreg"
+STATS_STAGE = "stats"
+FEATURES_FIGURE = "feature statistics per layer"
+FEATURES_MEANING = (
+    "Evidence for or against collapsed features, per layer of each upstream on {clips} {task} test clips. Token "
+    "cosine: the mean cosine similarity between two different frames of a clip; near 1 means every frame of a clip "
+    "points the same way (the frames no longer tell time steps apart). Effective dim: exp(entropy) of the spectrum "
+    "of the clip-pooled features; about k for k equally strong directions, near 1 means every clip's pooled vector "
+    "lies on one line (the clips no longer differ). Collapse shows as token cosine near 1 with effective dim near "
+    "1; compare each pretrained upstream with its own random init ({init}).")
 WIN_RULE = ("a task is a win when the pretrained upstream's logreg score exceeds its random init's by more than the "
             "noise: the larger of the two scores' std (over folds on ESC-50 and ER, over seeds elsewhere) and, for "
             "accuracy, the binomial standard error of the difference, 100 * sqrt((p1(1-p1) + p2(1-p2)) / n) over "
@@ -87,6 +98,27 @@ def binomial_se(a: Cell, b: Cell) -> float:
     return 100 * math.sqrt(max(0.0, p1 * (1 - p1) + p2 * (1 - p2)) / a.n)
 
 
+def read_feature_stats(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, Any] | None:
+    """The feature statistics JSON a done `stats` stage names (relative to the run directory, or absolute); None
+    when the run has no such stage (older runs)."""
+    entry = manifest.get("stages", {}).get(STATS_STAGE) or {}
+    output = (entry.get("outputs") or {}).get("stats")
+    if entry.get("status") != "done" or not output:
+        return None
+    path = Path(run_dir) / output
+    if not path.exists() and Path(output).exists():  # written relative to the cwd
+        path = Path(output)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MaebenchError(f"{path}: unreadable feature statistics ({err}); delete stage {STATS_STAGE} from the "
+                            "manifest and re-run to redo it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("upstreams"), dict):
+        raise MaebenchError(f"{path}: not a feature statistics file (no \"upstreams\" object); delete stage "
+                            f"{STATS_STAGE} from the manifest and re-run to redo it")
+    return data
+
+
 def _mae_stage(manifest: dict[str, Any]) -> str | None:
     """The pretraining stage whose wins summary.json reports: the first MAE-AST one, else the first."""
     names = [k.split("/", 1)[1] for k, e in manifest.get("stages", {}).items()
@@ -138,6 +170,7 @@ def summarize(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, 
         "win_rule": WIN_RULE, "per_stage": per_stage, "speed": speed,
         "ssast_over_mae_ast_step_time": speed_ratio(speed),
         "scores": [c.__dict__ for c in cells],
+        "feature_stats": read_feature_stats(manifest, run_dir),
         "loss_curves": {k.split("/", 1)[1]: e.get("loss_curve") or [] for k, e in manifest.get("stages", {}).items()
                         if k.startswith("pretrain/") and e.get("status") == "done"},
     }
@@ -224,9 +257,31 @@ def render_markdown(summary: dict[str, Any], manifest: dict[str, Any], figures: 
                      "run computes the same weights); `train s` is the time the rest of the training then took in "
                      "the last session, which drifts from the budget when the machine's load changes. Peak memory "
                      "on a CPU is the pretraining process's peak RSS; on a GPU the peak allocated memory.")
-    parts += [f"![{name}]({file})" for name, file in figures.items()]
+    parts += [f"![{name}]({file})" for name, file in figures.items() if name != FEATURES_FIGURE]
+    parts += feature_section(summary.get("feature_stats"), figures.get(FEATURES_FIGURE))
     parts += ["## Stages", _markdown_table(["stage", "status", "seconds", "error"], stages)]
     return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def feature_table(stats: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per upstream, one column per layer, `token cosine / effective dim`."""
+    upstreams = stats.get("upstreams") or {}
+    depth = max((len(rows) for rows in upstreams.values()), default=0)
+    lines = []
+    for name, rows in upstreams.items():
+        cells = [f"{_fmt(r.get('token_cosine'), 2)} / {_fmt(r.get('effective_dim'), 1)}" for r in rows]
+        lines.append([name, *cells, *["–"] * (depth - len(rows))])
+    return ["upstream", *(f"layer {i} cos / eff.dim" for i in range(depth))], lines
+
+
+def feature_section(stats: dict[str, Any] | None, figure: str | None) -> list[str]:
+    """The "Feature statistics" section's parts (heading, meaning, table, figure); none without statistics."""
+    if not stats or not stats.get("upstreams"):
+        return []
+    meaning = FEATURES_MEANING.format(clips=stats.get("clips", "?"), task=stats.get("task", "?"),
+                                      init=f"name{INIT_SUFFIX}")
+    parts = ["## Feature statistics", meaning, _markdown_table(*feature_table(stats))]
+    return parts + ([f"![{FEATURES_FIGURE}]({figure})"] if figure else [])
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -263,6 +318,9 @@ def write_figures(summary: dict[str, Any], out: Path) -> dict[str, str]:
     layered = [c for c in cells if c.probe == WIN_PROBE and c.layers]
     if layered:
         figures["per-layer logreg score"] = _layers(plt, layered, out / "layers.png")
+    stats = summary.get("feature_stats") or {}
+    if stats.get("upstreams"):
+        figures[FEATURES_FIGURE] = _features(plt, stats["upstreams"], out / "features.png")
     return figures
 
 
@@ -298,6 +356,28 @@ def _layers(plt, cells: list[Cell], path: Path) -> str:
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _features(plt, upstreams: dict[str, list[dict]], path: Path) -> str:
+    """Token cosine and effective dim against layer: one colour per model, pretrained solid, its @init dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    bases = list(dict.fromkeys(name.removesuffix(INIT_SUFFIX) for name in upstreams))
+    for name, rows in upstreams.items():
+        base = name.removesuffix(INIT_SUFFIX)
+        style = {"color": f"C{bases.index(base) % 10}", "linestyle": "--" if name != base else "-",
+                 "marker": ".", "label": name}
+        for ax, key in zip(axes, ("token_cosine", "effective_dim"), strict=True):
+            points = [(r["layer"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], **style)
+    axes[0].set(title="token cosine (1 = frames collapsed)", xlabel="layer", ylabel="mean pairwise cosine")
+    axes[1].set(title="effective dim (1 = clips on one line)", xlabel="layer", ylabel="exp(spectral entropy)")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

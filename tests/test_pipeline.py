@@ -210,6 +210,91 @@ def test_bundled_pipelines_plan(capsys):
             assert sum(s.gpu_hours for s in planned) > 0
 
 
+PARALLEL = """\
+pipeline: 1
+evals:
+  tasks: [ks2, ks1]
+  probes: [logreg, linear]
+  upstreams: [{a}, {b}]
+  jobs: {jobs}
+  set:
+    logreg: {{Cs: [0.1, 1.0]}}
+    linear: {{max_steps: 20, eval_every: 10}}
+compare: false
+feature_stats: {stats}
+report: {stats}
+"""
+
+
+def test_parallel_evaluations_give_the_serial_scores_in_plan_order(tmp_path):
+    """evals.jobs = 2: real probes in two worker processes record what one process does, in plan order; then the
+    feature statistics stage and the report that shows them."""
+    import torch
+
+    from maebench.upstream import registry
+
+    specs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        specs.append(str(registry.save_upstream(registry.preset("mae_ast_patch:tiny", depth=1, decoder_depth=1),
+                                                tmp_path / f"up{seed}")))
+    stages = {}
+    for jobs in (1, 2):
+        recipe = tmp_path / f"jobs{jobs}.yaml"
+        recipe.write_text(PARALLEL.format(a=specs[0], b=specs[1], jobs=jobs, stats=str(jobs == 2).lower()))
+        runner = make_runner(recipe, tmp_path / f"run{jobs}")
+        assert runner.run() == 0
+        stages[jobs] = json.loads((tmp_path / f"run{jobs}" / "manifest.json").read_text())["stages"]
+    evals = [s.key for s in runner.stages if s.kind == "eval"]
+    assert len(evals) == 8 and list(stages[2])[:8] == evals
+    assert [stages[2][k]["status"] for k in evals] == ["done"] * 8
+    assert [stages[2][k]["score"] for k in evals] == pytest.approx([stages[1][k]["score"] for k in evals])
+    assert len({stages[2][k]["score"] for k in evals}) > 2  # the probes really ran: not one constant
+    assert "stats" not in stages[1] and stages[2]["stats"]["status"] == "done"
+    stats = json.loads((tmp_path / "run2" / stages[2]["stats"]["outputs"]["stats"]).read_text())
+    assert list(stats["upstreams"]) == specs and stats["task"] == "ks2"
+    assert all(len(rows) == 1 and 0 < rows[0]["effective_dim"] for rows in stats["upstreams"].values())
+    assert "## Feature statistics" in (tmp_path / "run2" / "report" / "report.md").read_text()
+
+
+def test_ctrl_c_during_parallel_evaluations_keeps_the_finished_ones_and_a_rerun_does_the_rest(tmp_path):
+    import torch
+
+    from maebench.upstream import registry
+
+    specs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        specs.append(str(registry.save_upstream(registry.preset("mae_ast_patch:tiny", depth=1, decoder_depth=1),
+                                                tmp_path / f"up{seed}")))
+    recipe = tmp_path / "jobs2.yaml"
+    recipe.write_text(PARALLEL.format(a=specs[0], b=specs[1], jobs=2, stats="false"))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "maebench", "run", str(recipe), "--run-dir", str(run_dir)]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = run_dir / "manifest.json"
+    deadline = time.monotonic() + 240
+
+    def finished() -> int:
+        try:
+            return sum(e["status"] == "done" for e in json.loads(manifest.read_text())["stages"].values())
+        except (OSError, ValueError):
+            return 0
+
+    while finished() < 2 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the runner and both evaluation workers
+    assert first.wait(timeout=60) == 130, first.stderr.read().decode()
+    done_before = {k: e["outputs"] for k, e in json.loads(manifest.read_text())["stages"].items()
+                   if e["status"] == "done"}
+    assert 2 <= len(done_before) < 8
+    runner = make_runner(recipe, run_dir)
+    assert runner.run() == 0
+    stages = json.loads(manifest.read_text())["stages"]
+    assert list(stages) == [s.key for s in runner.stages] and all(e["status"] == "done" for e in stages.values())
+    assert all(stages[k]["outputs"] == outputs for k, outputs in done_before.items())  # kept, not redone
+
+
 # ---------------------------------------------------------------------------------------------------- the report
 
 
