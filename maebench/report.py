@@ -232,9 +232,37 @@ def reading(summary: dict[str, Any]) -> str:
     for name, s in summary["speed"].items():
         if s["first_loss"] is not None:
             parts.append(f"{name}: {s['steps']} steps, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}.")
+    if main:
+        parts.append(collapse_reading(summary.get("feature_stats"), main))
     parts.append("Toy data and a budget of minutes: these numbers show whether pretraining moves the features at "
                  "all, not how the full models compare; the paper's numbers come from 400k+ GPU steps.")
     return " ".join(parts)
+
+
+COLLAPSED_COSINE, COLLAPSED_DIM = 0.95, 2.0  # a layer this close to one direction (frames or clips) is collapsed
+
+
+def collapse_reading(stats: dict[str, Any] | None, name: str) -> str:
+    """One sentence on whether `name`'s layers collapsed, against its random init; "" without statistics."""
+    rows = ((stats or {}).get("upstreams") or {}).get(name)
+    init = ((stats or {}).get("upstreams") or {}).get(f"{name}{INIT_SUFFIX}")
+    if not rows or not init:
+        return ""
+
+    def span(layers: list[dict], key: str) -> tuple[float, float] | None:
+        values = [r[key] for r in layers if r.get(key) is not None]
+        return (min(values), max(values)) if values else None
+
+    cos, dim, cos0, dim0 = span(rows, "token_cosine"), span(rows, "effective_dim"), span(init, "token_cosine"), \
+        span(init, "effective_dim")
+    if not (cos and dim and cos0 and dim0):
+        return ""
+    collapsed = cos[1] >= COLLAPSED_COSINE or dim[0] <= COLLAPSED_DIM
+    verdict = "some layers have collapsed" if collapsed else "no layer has collapsed"
+    return (f"Feature statistics on {stats.get('task')}: {verdict} (token cosine {cos[0]:.2f}-{cos[1]:.2f} over "
+            f"{name}'s layers against {cos0[0]:.2f}-{cos0[1]:.2f} at random init; effective dimension "
+            f"{dim[0]:.1f}-{dim[1]:.1f} against {dim0[0]:.1f}-{dim0[1]:.1f}; collapse = cosine >= {COLLAPSED_COSINE} "
+            f"or dimension <= {COLLAPSED_DIM:g}).")
 
 
 def render_markdown(summary: dict[str, Any], manifest: dict[str, Any], figures: dict[str, str],

@@ -216,3 +216,21 @@ def test_report_without_a_stats_stage_is_as_before(tmp_path):
     assert json.loads((path.parent / "summary.json").read_text())["feature_stats"] is None
     manifest["stages"]["stats"] = {"status": "failed", "error": "boom"}  # a failed stage: no section either
     assert "## Feature statistics" not in report.write_report(run, manifest).read_text()
+
+
+def test_the_reading_names_collapse_from_the_statistics_against_the_random_init():
+    from maebench.report import collapse_reading
+
+    def rows(cosines, dims):
+        pairs = enumerate(zip(cosines, dims, strict=True))
+        return [{"layer": i, "token_cosine": c, "effective_dim": d} for i, (c, d) in pairs]
+
+    healthy = {"task": "ks2", "upstreams": {"m": rows([0.4, 0.6], [8.0, 9.0]), "m@init": rows([0.8, 0.8], [7.0, 7.5])}}
+    text = collapse_reading(healthy, "m")
+    assert "no layer has collapsed" in text and "0.40-0.60" in text and "0.80-0.80" in text and "7.0-7.5" in text
+    frames_alike = {**healthy, "upstreams": {**healthy["upstreams"], "m": rows([0.5, 0.97], [8.0, 9.0])}}
+    assert "some layers have collapsed" in collapse_reading(frames_alike, "m")
+    clips_on_a_line = {**healthy, "upstreams": {**healthy["upstreams"], "m": rows([0.5, 0.6], [1.3, 9.0])}}
+    assert "some layers have collapsed" in collapse_reading(clips_on_a_line, "m")
+    assert collapse_reading(None, "m") == ""
+    assert collapse_reading({"upstreams": {"m": healthy["upstreams"]["m"]}}, "m") == ""  # no random init to compare
