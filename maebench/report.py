@@ -162,7 +162,8 @@ def summarize(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, 
     per_stage = {}
     for name in speed:
         wins, detail = count_wins(cells, name)
-        per_stage[name] = {"wins": wins, "tasks": detail}
+        linear_wins, linear_detail = count_wins(cells, name, "linear")  # not the win rule's probe: shown beside it
+        per_stage[name] = {"wins": wins, "tasks": detail, "linear_wins": linear_wins, "linear_tasks": linear_detail}
     main = _mae_stage(manifest)
     return {
         "wins": per_stage.get(main, {}).get("wins", 0) if main else 0,
@@ -220,6 +221,11 @@ def reading(summary: dict[str, Any]) -> str:
         parts.append(f"The pretrained {main} beats its own random init (logreg) on {summary['wins']} of "
                      f"{len(tasks)} tasks by more than the noise ({', '.join(won) or 'none'}); it is worse by more "
                      f"than the noise on {len(lost)} ({', '.join(lost) or 'none'}), the rest are within the noise.")
+        linear = summary["per_stage"].get(main, {}).get("linear_tasks") or {}
+        if linear:
+            won = [t for t, d in linear.items() if d["win"]]
+            parts.append(f"With the linear probe (beside the rule, not part of it) it wins on {len(won)} of "
+                         f"{len(linear)} ({', '.join(won) or 'none'}).")
     for name, stage in summary["per_stage"].items():
         if name != main and stage["tasks"]:
             parts.append(f"For comparison, {name} beats its random init on {stage['wins']} of {len(stage['tasks'])}.")

@@ -337,3 +337,23 @@ def test_report_counts_wins_by_hand_and_writes_its_files(tmp_path):
         assert (path.parent / name).stat().st_size > 0, name
     text = path.read_text()
     assert "3 of 6 tasks" in text and "2.50x" in text and "| mae | logreg |" in text
+
+
+def test_the_reading_gives_the_linear_probes_wins_beside_the_rule(tmp_path):
+    stages = {"pretrain/mae": {"status": "done", "model": "mae_ast_patch:tiny", "steps": 10, "step_s": 0.5,
+                               "clips_per_s": 32.0, "loss_curve": [[5, 2.0], [10, 1.5]], "result": {}}}
+    # (task, probe, pretrained score, std, init score, std): ks2 linear +12 > max(2, 1, se 4.8) wins; sid linear
+    # +3 < se 100*sqrt((.63*.37+.6*.4)/200) = 4.8 does not; the logreg cells tie (no logreg wins)
+    cases = [("ks2", "linear", 42.0, 2.0, 30.0, 1.0), ("sid", "linear", 63.0, 0.5, 60.0, 0.5),
+             ("ks2", "logreg", 40.0, 0.0, 40.0, 0.0), ("sid", "logreg", 60.0, 0.0, 60.0, 0.0)]
+    for task, probe, s1, d1, s0, d0 in cases:
+        for upstream, score, std in (("mae", s1, d1), ("mae@init", s0, d0)):
+            path = tmp_path / f"{upstream}-{task}-{probe}" / "results.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"task": task, "metric": "accuracy", "score": score, "std": std,
+                                        "probe": {"name": probe}, "layers": {}}))
+            stages[f"eval/{upstream}/{task}/{probe}"] = {"status": "done", "upstream": upstream, "test_items": 200,
+                                                         "outputs": {"results": str(path)}}
+    summary = report.summarize({"stages": stages}, tmp_path)
+    assert summary["wins"] == 0 and summary["per_stage"]["mae"]["linear_wins"] == 1
+    assert "With the linear probe (beside the rule, not part of it) it wins on 1 of 2 (ks2)" in report.reading(summary)

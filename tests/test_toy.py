@@ -245,3 +245,19 @@ def test_cli_data_toy_and_check(monkeypatch, tmp_path, capsys):
     assert cli_main(["data", "check", "--task", "er", "--data", str(tmp_path / "er")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(label_dir) in err
+
+
+def test_cli_data_toy_size_flag_beats_the_environment(monkeypatch, tmp_path, capsys):
+    """`data toy --size full` under $MAEBENCH_TOY_SIZE=small (the test suite's setting) builds the full toy."""
+    monkeypatch.setattr(toy, "synthesize", lambda jobs, backend: [np.full(800, 0.1, np.float32) for _ in jobs])
+    monkeypatch.setattr(toy, "render_noise", lambda kind, rng, seconds: np.full(int(seconds * 16000), 0.01))
+    monkeypatch.setenv(toy.TOY_SIZE_ENV, "small")
+    for size in ("full", "small"):
+        assert cli_main(["data", "toy", "--task", "ks2", "--size", size, "-o", str(tmp_path / size)]) == 0
+        marker = json.loads((tmp_path / size / "ks2" / toy.TOY_MARKER).read_text())
+        assert marker["size"] == size
+    tested = {size: len(load_task("ks2", tmp_path / size / "ks2").folds[0].test) for size in ("full", "small")}
+    assert tested["full"] >= 200 > tested["small"]
+    with pytest.raises(SystemExit):
+        cli_main(["data", "toy", "--task", "ks2", "--size", "huge", "-o", str(tmp_path / "huge")])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err

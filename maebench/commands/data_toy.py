@@ -3,7 +3,8 @@
 Each task is written to DIR/<task> (pass that folder to `--data`); --overwrite only ever replaces a folder an
 earlier `data toy` built (it carries the toy marker file), never anything else. Speech uses espeak-ng voices when
 installed and a formant-synthesis fallback otherwise (force one with --speech espeak|procedural or
-$MAEBENCH_TOY_SPEECH).
+$MAEBENCH_TOY_SPEECH). --size small builds the few-item versions the test suite uses ($MAEBENCH_TOY_SIZE); the
+default, full, has test sets of >= 200 items so that a 5-point difference is outside the noise.
 Example: maebench data toy --task all -o toy_data
 """
 
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the toy content (default 0)")
     parser.add_argument("--speech", choices=("auto", "espeak", "procedural"), default="auto",
                         help="speech synthesis back end (default auto: espeak-ng if installed)")
+    parser.add_argument("--size", choices=("full", "small"), default=None,
+                        help="full (default; >= 200 test items per task) or small (27-35, for quick checks); "
+                             "default from $MAEBENCH_TOY_SIZE, else full")
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild task folders that hold an earlier toy build (any other folder is never replaced)")
 
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             root = write_hear_toy(args.output / name, seed=args.seed, overwrite=args.overwrite)
         else:
             root = write_toy(name, args.output / name, seed=args.seed, speech_backend=args.speech,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, size=args.size)
         print(f"{name:6s} {time.perf_counter() - start:6.1f} s  {root}")
     if len(names) > 1:
         print(f"built {len(names)} toy datasets in {time.perf_counter() - total:.1f} s")
