@@ -405,7 +405,7 @@ class Runner:
 
         evals = self.recipe.evals
         task = "ks2" if "ks2" in evals.tasks else evals.tasks[0]
-        data = Path(evals.data).expanduser() / task if evals.data else None
+        data = task_root(evals, task)
         upstreams = {name: self._upstream_spec(name) for name in evals.upstreams}
         written = write_feature_stats(upstreams, self.run_dir / "stats" / "feature_stats.json", task=task,
                                       data_root=data)
@@ -440,7 +440,7 @@ def evaluate_stage(run_dir: Path, evals: EvalStage, params: dict[str, Any], upst
     from maebench.downstream.datasets import load_task
     from maebench.downstream.evaluate import evaluate
 
-    data = Path(evals.data).expanduser() / params["task"] if evals.data else None
+    data = task_root(evals, params["task"])
     overrides = {str(k): v for k, v in (evals.set.get(params["probe"]) or {}).items()}
     record = evaluate(params["task"], upstream, data_root=data, probe=params["probe"], seeds=params["seeds"],
                       out_dir=run_dir / "evals", overrides=overrides, quiet=True, show_table=False)
@@ -450,6 +450,11 @@ def evaluate_stage(run_dir: Path, evals: EvalStage, params: dict[str, Any], upst
         items = 0
     return {"outputs": {"results": record["results_path"]}, "score": record["score"], "std": record["std"],
             "metric": record["metric"], "test_items": items, **params}
+
+
+def task_root(evals: EvalStage, task: str) -> Path | None:
+    """ROOT/<task> of the evaluations' data, or None for the built-in toy."""
+    return Path(evals.data).expanduser() / task if evals.data else None
 
 
 def _worker_threads(threads: int) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -141,3 +142,18 @@ def torchaudio_restored() -> Iterator[None]:
                 delattr(torchaudio, name)
         if saved_module is None:
             sys.modules.pop("torchaudio.sox_effects", None)
+
+
+# The tiny MAE-AST the pretraining tests train (a --set override): seconds per run on a CPU.
+TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread: the same reduction order in every run a test compares (and fast on a busy CPU).
+    A test module makes it autouse with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import one_line_error, save_in_run, write_tone_clips, write_wav
+from helpers import TINY_MODEL, one_line_error, save_in_run, write_tone_clips, write_wav
 
 from maebench import run_checkpoint as ckpt
 from maebench import trainer
@@ -26,8 +26,6 @@ from maebench.cli import main
 from maebench.config import PretrainConfig, apply_overrides, to_yaml
 from maebench.downstream import sounds
 from maebench.errors import MaebenchError
-
-TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
 
 
 @pytest.fixture(autouse=True)

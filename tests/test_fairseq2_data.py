@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from helpers import one_line_error, write_tone_clips
+from helpers import TINY_MODEL, one_line_error, one_thread, write_tone_clips  # noqa: F401 (one_thread: a fixture)
 from safetensors.torch import load_file
 
 from maebench import trainer
@@ -32,17 +32,8 @@ from maebench.pretrain_data import build_pretrain_loader
 needs_fairseq2 = pytest.mark.skipif(not fairseq2_available(), reason="needs the fairseq2 extra (CI installs it): "
                                 "pip install -e '.[fairseq2]' and the system libsndfile")
 
-TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One intra-op thread, so every run compared uses the same reduction order (and a busy CPU stays usable)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path: Path, samples: int, *, rate: int = 16000, channels: int = 1, subtype: str | None = None,

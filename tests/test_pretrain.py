@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import one_line_error, write_tone_clips
+from helpers import TINY_MODEL, one_line_error, one_thread, write_tone_clips  # noqa: F401 (one_thread: a fixture)
 from safetensors.torch import load_file
 
 from maebench import run_checkpoint as ckpt
@@ -30,17 +30,7 @@ from maebench.config import PretrainConfig, apply_overrides, from_dict
 from maebench.errors import MaebenchError
 from maebench.upstream.checkpoint import latest_checkpoint
 
-TINY_MODEL = "model.overrides={dim: 32, num_heads: 2, ffn_dim: 64, depth: 2, decoder_depth: 1}"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """One intra-op thread: fast on a busy shared CPU, and the same reduction order in every run compared."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
