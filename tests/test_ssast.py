@@ -130,10 +130,14 @@ def test_masked_patch_content_never_reaches_the_encoder():
 
 def test_info_nce_matches_cross_entropy_reference():
     pred, target = torch.randn(3, 7, 16, dtype=torch.float64), torch.randn(3, 7, 16, dtype=torch.float64)
-    loss, acc = info_nce(pred, target)
-    logits = torch.einsum("bmd,bnd->bmn", pred, target).reshape(21, 7)
+    loss, acc = info_nce(pred, target, "paper")
+    logits = torch.einsum("bmd,bnd->bmn", pred, target)
     labels = torch.arange(7).repeat(3)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits.reshape(21, 7), labels).item(), rel=1e-5)
+    code, _ = info_nce(pred, target)  # the default: each patch picks its prediction (ssast issue #13)
+    transposed = logits.transpose(1, 2).reshape(21, 7)
+    assert code.item() == pytest.approx(F.cross_entropy(transposed, labels).item(), rel=1e-5)
+    logits = logits.reshape(21, 7)
     assert acc.item() == pytest.approx((logits.argmax(1) == labels).double().mean().item())
 
 
