@@ -60,6 +60,9 @@ class DataConfig:
     # With "shortest": build batches from clips of similar recorded length (needs a .tsv manifest's lengths;
     # fairseq's size-sorted batching in the public code). Off in the demo, whose clips all exceed clip_seconds.
     bucket: bool = False
+    # With "fixed": where a longer file is cut. "start" keeps its first clip_seconds of fbank frames, as SSAST's
+    # dataloader.py keeps the first target_length frames of the whole file's fbank; "random": a random offset.
+    fixed_crop: Literal["start", "random"] = "start"
     # Decoding workers: processes for the "torch" loader (a DataLoader), threads for "fairseq2" (fairseq2's C++
     # pipeline in the training process; the `fairseq2` extra). Both deliver the same batches (maebench.fairseq2_data);
     # `maebench bench data` measures which is faster on a machine.

@@ -12,6 +12,7 @@ import math
 import random
 
 import pytest
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from helpers import speechlike
@@ -232,3 +233,28 @@ def test_mae_ast_patch_model_shares_one_reference_mask_per_batch():
     assert not frame.config.shared_mask
     rows = frame.make_mask(6, 40, generator=torch.Generator().manual_seed(4))
     assert len({tuple(row.tolist()) for row in rows}) == 6
+
+
+# ---------------------------------------------------------------------------------------------------- SSAST input
+def test_ssast_long_clip_input_is_the_first_1024_frames_of_the_whole_file(tmp_path):
+    """A 12 s file through the pretraining loader (batch_length fixed, 10.24 s) and the model's input: 1,024 whole
+    frames from the file's start, equal to dataloader.py's fbank of the whole file cut to its first 1,024 frames."""
+    from helpers import write_wav
+
+    from maebench.manifest import AudioItem
+    from maebench.pretrain_data import build_pretrain_loader
+
+    wav = speechlike(12 * SR, seed=5) + 0.01  # a DC offset: the whole file's mean is removed first there
+    path = write_wav(tmp_path / "long.wav", wav)
+    loader = build_pretrain_loader([AudioItem(path)] * 2, clip_seconds=10.24, batch_size=2, num_workers=0, seed=0)
+    batch = next(iter(loader))
+    assert batch.wavs.shape == (2, 400 + 1023 * 160)  # exactly 1,024 frames, none of them padding
+    stored = torch.as_tensor(sf.read(str(path), dtype="float32")[0])
+    assert torch.equal(batch.wavs[0], stored[: 400 + 1023 * 160])  # the file's start, not a random offset
+    model = Ssast(SsastConfig(tokenizer="patch", dim=64, num_heads=2, depth=1, target_frames=1024))
+    ours = model.pretrain_input(batch.wavs, batch.lens)[0, 0].T.double()  # (1024, 128)
+    reference = _ssast_fbank(stored, 1024)
+    assert (ours - reference).abs().max().item() < 1e-4
+    random = build_pretrain_loader([AudioItem(path)] * 2, clip_seconds=10.24, batch_size=2, num_workers=0, seed=0,
+                                   fixed_crop="random")
+    assert not torch.equal(next(iter(random)).wavs[0], batch.wavs[0])  # the 0.1.0 behaviour stays an option
