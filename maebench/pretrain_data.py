@@ -54,6 +54,7 @@ __all__ = [
     "ResumableBatchSampler",
     "batch_plan",
     "build_pretrain_loader",
+    "build_validation_loader",
     "bucket_lengths",
     "checked_clip",
     "list_audio",
@@ -361,13 +362,28 @@ def batch_plan(
 ) -> tuple[ResumableBatchSampler, CollateClips]:
     """Which clips go in which batch (the sampler, positioned) and how a batch is cut (the collate step): the
     rules every loader shares, so the torch and fairseq2 loaders deliver the same batches."""
-    clip_samples = round(clip_seconds * SAMPLE_RATE) if crop_to_shortest else fixed_clip_samples(clip_seconds)
-    if clip_samples <= 0:
+    if round(clip_seconds * SAMPLE_RATE) <= 0:
         raise MaebenchError(f"clip length {clip_seconds} s is too short; use a positive data.clip_seconds")
-    lengths = bucket_lengths(items, clip_samples) if bucket and crop_to_shortest else None
+    lengths = bucket_lengths(items, round(clip_seconds * SAMPLE_RATE)) if bucket and crop_to_shortest else None
     sampler = ResumableBatchSampler(
         len(items), batch_size, seed=seed, rank=rank, world_size=world_size, lengths=lengths
     )
     sampler.set_position(epoch, batch_in_epoch)
+    return sampler, _collate(clip_seconds, seed, crop_to_shortest, fixed_crop)
+
+
+def _collate(clip_seconds: float, seed: int, crop_to_shortest: bool, fixed_crop: str) -> CollateClips:
+    clip_samples = round(clip_seconds * SAMPLE_RATE) if crop_to_shortest else fixed_clip_samples(clip_seconds)
     random_crop = crop_to_shortest or fixed_crop == "random"
-    return sampler, CollateClips(clip_samples, seed=seed, crop_to_shortest=crop_to_shortest, random_crop=random_crop)
+    return CollateClips(clip_samples, seed=seed, crop_to_shortest=crop_to_shortest, random_crop=random_crop)
+
+
+def build_validation_loader(items: Sequence[AudioItem], *, clip_seconds: float, batch_size: int, num_workers: int,
+                            seed: int, min_seconds: float = 0.0, crop_to_shortest: bool = False,
+                            fixed_crop: str = "start", **_unused: Any) -> DataLoader:
+    """Every held-out clip once, in list order, in batches of `batch_size` (the last may be smaller), cut as the
+    training batches are (epoch 0's crops): the same batches at every check. Takes `loader_options` keywords."""
+    keys = [[(index, 0) for index in range(start, min(start + batch_size, len(items)))]
+            for start in range(0, len(items), batch_size)]
+    return DataLoader(PretrainClips(items, min_samples=round(min_seconds * SAMPLE_RATE)), batch_sampler=keys,
+                      num_workers=num_workers, collate_fn=_collate(clip_seconds, seed, crop_to_shortest, fixed_crop))
