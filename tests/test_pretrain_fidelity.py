@@ -122,12 +122,100 @@ def test_ssast_pretrain_loss_matches_the_reference(tokenizer, lengths, orientati
 def test_ssast_orientations_differ_and_default_is_the_code():
     """The two InfoNCE forms are different losses (so the test above can tell them apart); the code's is default."""
     assert SsastConfig().nce_orientation == "code"
+    assert Ssast(SsastConfig(depth=1, dim=64, num_heads=2)).to_config()["nce_orientation"] == "code"  # config.json
     model = _randomised_ssast("frame")
     wavs = [speechlike(20_000, seed=i) for i in range(2)]
     masks = model.sample_mask(2, generator=torch.Generator().manual_seed(1))
     code = _ssast_reference_loss(model, wavs, masks, paper=False)["nce"]
     paper = _ssast_reference_loss(model, wavs, masks, paper=True)["nce"]
     assert abs(float(code - paper)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------- MAE-AST loss
+def _post_ln_layer(w: dict, p: str, h: torch.Tensor, heads: int) -> torch.Tensor:
+    """fairseq's TransformerSentenceEncoderLayer, layer_norm_first False, no dropout: (B, N, D) -> (B, N, D)."""
+    b, n, d = h.shape
+    q, k, v = (h @ w[p + "attn.qkv.weight"].T + w[p + "attn.qkv.bias"]).chunk(3, dim=-1)
+    q, k, v = (t.reshape(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    attn = (torch.softmax((q * (d // heads) ** -0.5) @ k.transpose(-1, -2), -1) @ v).transpose(1, 2).reshape(b, n, d)
+    h = F.layer_norm(h + attn @ w[p + "attn.proj.weight"].T + w[p + "attn.proj.bias"], (d,), w[p + "norm1.weight"],
+                     w[p + "norm1.bias"], eps=1e-5)
+    ffn = F.gelu(h @ w[p + "mlp.fc1.weight"].T + w[p + "mlp.fc1.bias"]) @ w[p + "mlp.fc2.weight"].T
+    return F.layer_norm(h + ffn + w[p + "mlp.fc2.bias"], (d,), w[p + "norm2.weight"], w[p + "norm2.bias"], eps=1e-5)
+
+
+def _mae_ast_reference_loss(model: MaeAst, wavs: list[torch.Tensor], masks: torch.Tensor, train: bool) -> dict:
+    """MAE-AST-Public `forward` + MAE_AST_Criterion on one collated batch (every clip already cut to the batch's
+    shortest, as the collater does): Kaldi fbank, BatchNorm2d(1, affine=False) (batch statistics when `train`) * 0.5,
+    unfold, post_extract_proj, sine positions, encoder (input LayerNorm, post-LN layers) over the retained tokens,
+    decoder over all (decoder_mask_emb at masked positions, positions again), heads on the masked tokens;
+    loss = 10 * MSE + InfoNCE (log-softmax of logits @ targets^T over targets)."""
+    w = {k: v.double() for k, v in model.state_dict().items()}
+    heads, kt, kc = model.config.num_heads, model.ktime, model.kchan
+    fbank = torch.stack([kaldi.fbank(x[None], sample_frequency=SR, use_energy=False, num_mel_bins=128)
+                         for x in wavs]).double()
+    if train:
+        mean, var = fbank.mean(), fbank.var(unbiased=False)
+    else:
+        mean, var = w["batch_norm.running_mean"], w["batch_norm.running_var"]
+    x = (fbank - mean) / torch.sqrt(var + 1e-5) * 0.5
+    source_patch = F.unfold(x[:, None], (kt, kc), stride=(kt, kc)).transpose(1, 2)  # (B, T, 256)
+    b, t, _ = source_patch.shape
+    d = w["patch_embed.weight"].shape[0]
+    position = torch.arange(t, dtype=torch.float64)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float64) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t, d, dtype=torch.float64)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
+    features = source_patch @ w["patch_embed.weight"].T + w["patch_embed.bias"] + pe
+    retained = [(~m).nonzero().flatten() for m in masks]
+    h = F.layer_norm(torch.stack([features[i, r] for i, r in enumerate(retained)]), (d,), w["encoder_norm.weight"],
+                     w["encoder_norm.bias"], eps=1e-5)
+    for i in range(model.config.depth):
+        h = _post_ln_layer(w, f"encoder.{i}.", h, heads)
+    full = w["decoder_mask_token"].expand(b, t, d).clone()
+    for i, r in enumerate(retained):
+        full[i, r] = h[i]
+    h = F.layer_norm(full + pe, (d,), w["decoder_norm.weight"], w["decoder_norm.bias"], eps=1e-5)
+    for i in range(model.config.decoder_depth):
+        h = _post_ln_layer(w, f"decoder.{i}.", h, heads)
+    num_masked = int(masks[0].sum())
+    x_masked = h[masks].view(b, num_masked, -1)
+    target = source_patch[masks].view(b, num_masked, -1)
+    recon = x_masked @ w["recon_head.weight"].T + w["recon_head.bias"]
+    logits = (x_masked @ w["class_head.weight"].T + w["class_head.bias"]) @ target.transpose(-1, -2)
+    mse = F.mse_loss(recon, target)
+    nce = -torch.mean(torch.diagonal(torch.log_softmax(logits, dim=-1), dim1=-2, dim2=-1))
+    acc = (logits.argmax(-1) == torch.arange(num_masked)).double().mean()
+    return {"loss": 10 * mse + nce, "mse": mse, "nce": nce, "nce_acc": acc}
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "frame"])
+@pytest.mark.parametrize("lengths", [[16_000, 16_000], [12_000, 16_000, 20_000]], ids=["equal", "ragged"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_mae_ast_pretrain_loss_matches_the_reference(tokenizer, lengths, train):
+    """A padded batch (ragged: cut to its shortest clip, as the public collater delivers it) and the model's default
+    masks; BatchNorm with running (eval) or batch (train, dropouts off) statistics: loss and parts to 1e-5."""
+    model = MaeAst(MaeAstConfig(tokenizer=tokenizer, dim=32, num_heads=2, ffn_dim=64, depth=2, decoder_depth=1,
+                                dropout=0.0, attn_dropout=0.0, dropout_input=0.0, layerdrop=0.0))
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+        model.batch_norm.running_mean.fill_(-3.0)
+        model.batch_norm.running_var.fill_(9.0)
+    model.train(train)
+    wavs = [speechlike(n, seed=i) for i, n in enumerate(lengths)]
+    batch = torch.zeros(len(wavs), max(lengths))
+    for row, wav in zip(batch, wavs, strict=True):
+        row[: len(wav)] = wav
+    shortest = min(lengths)
+    steps = (1 + (shortest - 400) // 160) // model.ktime
+    masks = model.make_mask(len(wavs), steps, generator=torch.Generator().manual_seed(2))
+    out = model.pretrain_loss(batch, torch.tensor(lengths), mask=masks)
+    reference = _mae_ast_reference_loss(model, [wav[:shortest] for wav in wavs], masks, train)
+    ours = {"loss": out.loss.detach(), **out.stats}
+    for name in ("loss", "nce", "mse", "nce_acc"):
+        assert abs(float(ours[name]) - float(reference[name])) < 1e-5, name
 
 
 # ---------------------------------------------------------------------------------------------------- masks
