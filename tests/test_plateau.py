@@ -132,3 +132,14 @@ def test_pretraining_checks_records_cuts_and_resumes_exactly(clips, tmp_path):
         {k: v for k, v in r.items() if k not in timings} for r in records[4:]]
     saved = ckpt.load_trainer_state(tmp_path / "whole/checkpoints/step_00000004")["scheduler"]["plateau"]
     assert saved["scale"] == pytest.approx(records[3]["lr"] / 2e-3)
+
+
+def test_validation_list_of_its_own(clips, tmp_path):
+    """data.valid_source (the authors' way: a separate list, AudioSet's eval split) instead of held-out clips: all
+    of the pretraining list trains and the checks run on the other list."""
+    held_out = write_tone_clips(tmp_path / "valid", count=3, seed=9)
+    cfg = apply_overrides(_config(clips, tmp_path / "run"), [
+        "data.valid_clips=0", f"data.valid_source={held_out}", "optim.plateau_every=4", "train.max_steps=4"])
+    trainer.train(cfg, quiet=True)
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records] == [4] and 0.0 <= records[0]["valid_nce_acc"] <= 1.0

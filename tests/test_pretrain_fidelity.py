@@ -48,11 +48,16 @@ def _ssast_encoder(w: dict, x: torch.Tensor, mask_index: torch.Tensor, heads: in
     dense = torch.ones_like(tokens)
     dense[:, mask_index] = 0
     tokens = tokens * dense + (1 - dense) * w["mask_embed"]
-    h = torch.cat([w["cls_token"], w["dist_token"], tokens], dim=1) + w["pos_embed"]
+    h = deit_blocks(w, torch.cat([w["cls_token"], w["dist_token"], tokens], dim=1) + w["pos_embed"], heads)
+    return patches, F.layer_norm(h, (h.shape[-1],), w["norm.weight"], w["norm.bias"], eps=1e-6)[0]
+
+
+def deit_blocks(w: dict, h: torch.Tensor, heads: int, prefix: str = "") -> torch.Tensor:
+    """timm's pre-LN ViT blocks `{prefix}blocks.{i}.*` (LayerNorm eps 1e-6, no dropout) over (1, N, D), written out."""
     dim = h.shape[-1]
-    depth = len({k.split(".")[1] for k in w if k.startswith("blocks.")})
+    depth = len({k.removeprefix(prefix).split(".")[1] for k in w if k.startswith(prefix + "blocks.")})
     for i in range(depth):
-        b = f"blocks.{i}."
+        b = f"{prefix}blocks.{i}."
         y = F.layer_norm(h, (dim,), w[b + "norm1.weight"], w[b + "norm1.bias"], eps=1e-6)
         qkv = (y @ w[b + "attn.qkv.weight"].T + w[b + "attn.qkv.bias"]).reshape(1, -1, 3, heads, dim // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
@@ -61,7 +66,7 @@ def _ssast_encoder(w: dict, x: torch.Tensor, mask_index: torch.Tensor, heads: in
         y = F.layer_norm(h, (dim,), w[b + "norm2.weight"], w[b + "norm2.bias"], eps=1e-6)
         h = h + F.gelu(y @ w[b + "mlp.fc1.weight"].T + w[b + "mlp.fc1.bias"]) @ w[b + "mlp.fc2.weight"].T
         h = h + w[b + "mlp.fc2.bias"]
-    return patches, F.layer_norm(h, (dim,), w["norm.weight"], w["norm.bias"], eps=1e-6)[0]
+    return h
 
 
 def _head(w: dict, name: str, h: torch.Tensor) -> torch.Tensor:

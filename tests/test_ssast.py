@@ -387,18 +387,10 @@ def _reference_finetune_logits(sd: dict, wav: torch.Tensor, head: dict, strides:
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([w["v.cls_token"], w["v.dist_token"], x], dim=1)
     x = x + _reference_pos_embed(w["v.pos_embed"], p_grid, grid)
+    from test_pretrain_fidelity import deit_blocks
+
+    x = deit_blocks(w, x, heads, prefix="v.")
     dim = x.shape[-1]
-    depth = len({k.split(".")[2] for k in w if k.startswith("v.blocks.")})
-    for i in range(depth):
-        b = f"v.blocks.{i}."
-        h = F.layer_norm(x, (dim,), w[b + "norm1.weight"], w[b + "norm1.bias"], eps=1e-6)
-        qkv = (h @ w[b + "attn.qkv.weight"].T + w[b + "attn.qkv.bias"]).reshape(1, -1, 3, heads, dim // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * (dim // heads) ** -0.5, dim=-1) @ v
-        x = x + attn.transpose(1, 2).reshape(1, -1, dim) @ w[b + "attn.proj.weight"].T + w[b + "attn.proj.bias"]
-        h = F.layer_norm(x, (dim,), w[b + "norm2.weight"], w[b + "norm2.bias"], eps=1e-6)
-        h = F.gelu(h @ w[b + "mlp.fc1.weight"].T + w[b + "mlp.fc1.bias"])
-        x = x + h @ w[b + "mlp.fc2.weight"].T + w[b + "mlp.fc2.bias"]
     x = F.layer_norm(x, (dim,), w["v.norm.weight"], w["v.norm.bias"], eps=1e-6)
     x = torch.mean(x[:, 2:, :], dim=1)
     x = F.layer_norm(x, (dim,), head["norm.weight"].double(), head["norm.bias"].double())  # mlp_head
