@@ -85,6 +85,9 @@ class OptimConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     warmup_steps: int = 32000
+    # 0: the warm-up rises every step; N: in stairs of N steps from 0, as SSAST's traintest_mask.py (every 50 steps
+    # lr = step / 1000 * lr, so the first 50 steps do not move the weights)
+    warmup_stairs: int = 0
     # after warm-up: polynomial decay to end_lr (power 1 = linear), cosine to end_lr, constant, or "plateau":
     # constant, times plateau_factor whenever the held-out plateau_metric (data.valid_clips clips, checked every
     # plateau_every steps) has not improved for more than plateau_patience checks (SSAST's traintest_mask.py:
@@ -241,7 +244,8 @@ def validate(cfg: PretrainConfig) -> None:
     non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
                     "optim.clip_grad_norm": o.clip_grad_norm, "optim.end_lr": o.end_lr, "data.num_workers":
                     cfg.data.num_workers, "optim.eps": o.eps, "data.min_seconds": cfg.data.min_seconds,
-                    "data.valid_clips": cfg.data.valid_clips, "optim.plateau_patience": o.plateau_patience}
+                    "data.valid_clips": cfg.data.valid_clips, "optim.plateau_patience": o.plateau_patience,
+                    "optim.warmup_stairs": o.warmup_stairs}
     for key, value in non_negative.items():
         if value < 0:
             raise MaebenchError(f"{key}={value} must not be negative: set it with --set {key}=...")

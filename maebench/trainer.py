@@ -92,7 +92,7 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
     """Multiplier of optim.lr before optimizer step `step` (0-based): linear warm-up from 0, then decay to end_lr."""
     o, total = cfg.optim, cfg.train.max_steps
     if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
+        return (step // o.warmup_stairs * o.warmup_stairs if o.warmup_stairs else step + 1) / o.warmup_steps
     if o.schedule in ("constant", "plateau"):  # plateau: its cuts are the scheduler's (maebench.plateau)
         return 1.0
     end = o.end_lr / o.lr

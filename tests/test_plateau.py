@@ -143,3 +143,17 @@ def test_validation_list_of_its_own(clips, tmp_path):
     trainer.train(cfg, quiet=True)
     records = _records(tmp_path / "run")
     assert [r["step"] for r in records] == [4] and 0.0 <= records[0]["valid_nce_acc"] <= 1.0
+
+
+def test_stair_warmup_is_the_reference_loop():
+    """traintest_mask.py's warm-up, run as its loop: before each step, if global_step <= 1000 and global_step % 50
+    == 0, lr = global_step / 1000 * lr; the lr each of the first 1,200 steps uses equals optim.lr * lr_factor."""
+    cfg = apply_overrides(PretrainConfig(), ["optim.lr=1e-4", "optim.warmup_steps=1000", "optim.warmup_stairs=50",
+                                             "optim.schedule=plateau", "data.valid_clips=1", "train.max_steps=2000"])
+    lr, used = 1e-4, []
+    for global_step in range(1200):
+        if global_step <= 1000 and global_step % 50 == 0:
+            lr = global_step / 1000 * 1e-4
+        used.append(lr)
+    assert [1e-4 * trainer.lr_factor(step, cfg) for step in range(1200)] == pytest.approx(used, rel=1e-12, abs=0)
+    assert used[:50] == [0.0] * 50 and used[999] == pytest.approx(0.95e-4) and used[1000] == 1e-4
