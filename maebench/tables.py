@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+VALUE_FLOOR = 6  # characters a value column keeps on a narrow terminal ("85.2 ±" / "0.5")
+
 
 def new_table(title: str, header: Sequence[str], *, names: int = 1, caption: str | None = None) -> Table:
     """A table whose first `names` columns name the rows (left-aligned, kept whole) and whose others hold values
@@ -39,7 +41,19 @@ def print_table(table: Table, console: Console | None = None) -> None:
         if caption:
             plain.print(caption, soft_wrap=True, markup=False)
         return
-    needed = Measurement.get(console, console.options.update_width(100_000), table).minimum
+    needed = narrowest_width(table, console)
     if needed > console.width:  # even with every value column folded the names do not fit
         console = Console(width=needed, file=console.file, force_terminal=True, color_system=console.color_system)
     console.print(table)
+
+
+def narrowest_width(table: Table, console: Console) -> int:
+    """The width at which the name columns are whole and each value column keeps VALUE_FLOOR characters (or
+    all of its widest cell); rich folds value columns down to there, never a name."""
+    options = console.options.update_width(100_000)
+    width = len(table.columns) + 1  # the vertical borders
+    for column in table.columns:
+        cells = [column.header, *column.cells]
+        widest = max(Measurement.get(console, options, cell).maximum for cell in cells)
+        width += 2 + (widest if column.no_wrap else min(widest, VALUE_FLOOR))  # 2: the cell padding
+    return width
