@@ -7,6 +7,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
     RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
     RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
+    RUN/pretrain/NAME.log        that pretraining's whole output (its manifest entry's "log")
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
     RUN/stats/                   per-layer feature statistics of every upstream (maebench.feature_stats)
     RUN/compare/, RUN/report/    the comparison table and the report (maebench.compare, maebench.report)
@@ -18,6 +19,10 @@ A wall-clock `budget_seconds` is turned into a step count once: the run's own fi
 are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
 reused on every re-run, so an interrupted run resumes exactly to the same weights. With `evals.jobs` > 1 the
 evaluations run in that many worker processes; only this process writes the manifest.
+
+What the pipeline prints is its own (maebench.pipeline_log): a line when each stage starts and one when it ends.
+A pipeline moves the latest-run pointer (`maebench eval` without --upstream) only when its recipe's `set_latest`
+names a pretraining stage.
 """
 
 from __future__ import annotations
@@ -374,7 +379,7 @@ class Runner:
             return 1
         log.started(stage.key, self._stage_detail(stage))
         started = time.perf_counter()
-        extra = {"log": f"pretrain/{stage.params['name']}.log"} if stage.kind == "pretrain" else {}
+        extra = {"log": stage_log(stage.params["name"])} if stage.kind == "pretrain" else {}
         try:
             outputs = getattr(self, f"_do_{stage.kind}")(stage)
         except Exception as err:  # any failure (a bug too) is recorded and the independent stages still run
@@ -392,13 +397,17 @@ class Runner:
     def _stage_detail(self, stage: Stage) -> str:
         """What the start line says about a stage: a pretraining's model, batch and budget; an evaluation's seeds."""
         if stage.kind == "pretrain":
-            spec = self.pretrain[stage.params["name"]]
-            cfg = pretrain_config(spec, self.run_dir / "pretrain" / stage.params["name"])
-            steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
-            return f"{cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
+            return f"{self.pretrain_summary(stage.params['name'])}; its log: {stage_log(stage.params['name'])}"
         if stage.kind == "eval":
             return f"{stage.params['seeds']} seed(s)"
         return ""
+
+    def pretrain_summary(self, name: str) -> str:
+        """`mae_ast_patch:tiny, batch 16, 90 s budget`: a pretraining stage in a few words."""
+        spec = self.pretrain[name]
+        cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
+        steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
+        return f"{cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
 
     # ---- the stage kinds (each returns the manifest fields of its entry)
 
@@ -417,7 +426,7 @@ class Runner:
         write_text_atomic(job_path, json.dumps(job, indent=2) + "\n")
         error = Path(job["error"])
         error.unlink(missing_ok=True)
-        log_path = self.run_dir / "pretrain" / f"{name}.log"  # the child's whole output, every attempt appended
+        log_path = self.run_dir / stage_log(name)  # the child's whole output, every attempt appended
         with open(log_path, "a", encoding="utf-8") as out:
             out.write(f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} pretrain/{name}\n")
             out.flush()
@@ -559,6 +568,11 @@ def _calibrated_steps(path: Path) -> int | None:
         return None
 
 
+def stage_log(name: str) -> str:
+    """A pretraining stage's log (its child process's whole output), relative to the run directory."""
+    return f"pretrain/{name}.log"
+
+
 def init_dir(run_dir: Path, name: str) -> Path:
     return run_dir / "pretrain" / f"{name}-init"
 
@@ -633,10 +647,7 @@ def describe_plan(runner: Runner) -> str:
         todo += 0.0 if done else stage.gpu_hours
         extra = ""
         if stage.kind == "pretrain":
-            spec = runner.pretrain[stage.params["name"]]
-            cfg = pretrain_config(spec, runner.run_dir / "pretrain" / stage.params["name"])
-            steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
-            extra = f"  {cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
+            extra = f"  {runner.pretrain_summary(stage.params['name'])}"
         elif stage.kind == "eval":
             extra = f"  seeds {stage.params['seeds']}"
         lines.append(f"  [{'done' if done else 'todo'}] {stage.key:<44} {stage.gpu_hours:8.1f} GPU h{extra}")

@@ -30,15 +30,14 @@ def ended(key: str, entry: dict[str, Any]) -> None:
     """The end line of a stage from its manifest entry."""
     seconds = entry.get("seconds")
     took = f" after {duration(seconds)}" if seconds is not None else ""
-    log = f" (log: {entry['log']})" if entry.get("log") else ""
     status = entry.get("status")
     if status == "blocked":
         say(key, f"blocked: {entry.get('error')}")
     elif status != "done":
-        say(key, f"failed{took}: {entry.get('error')}{log}")
+        say(key, f"failed{took}: {entry.get('error')}")
     else:
         figures = _figures(key.split("/", 1)[0], entry)
-        say(key, f"done in {duration(seconds or 0.0)}" + (f": {figures}" if figures else "") + log)
+        say(key, f"done in {duration(seconds or 0.0)}" + (f": {figures}" if figures else ""))
 
 
 def _figures(kind: str, entry: dict[str, Any]) -> str:

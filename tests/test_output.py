@@ -128,7 +128,7 @@ def test_a_pipeline_prints_its_stage_lines_keeps_the_child_log_and_leaves_the_la
     captured = capsys.readouterr()
     out, both = captured.out, captured.out + captured.err
     key = f"pretrain/{STAGE}"
-    assert f"{key}: started (mae_ast_patch:tiny, batch 2, 0.001 s budget)" in out
+    assert f"{key}: started (mae_ast_patch:tiny, batch 2, 0.001 s budget; its log: {key}.log)" in out
     assert f"{key}: done in " in out and "10 steps, loss " in out
     assert f"eval/{STAGE}@init/ks2/logreg: done in " in out and "accuracy 50.0 ± 1.0" in out
     for chatter in ("next:", "latest pretraining run", "resum", "calibrat", "nothing to do", "checkpoint:"):

@@ -84,7 +84,7 @@ def _print_outcome(runner, bad: int) -> None:
         ratio = summary.get("ssast_over_mae_ast_step_time")
         speed = f"; SSAST / MAE-AST step time {ratio:.2f}x" if ratio else ""
         console.print(f"wins of {summary.get('wins_of')} over its random init (logreg): {summary['wins']} of "
-                      f"{summary['tasks_compared']} tasks{speed}")
+                      f"{summary['tasks_compared']} tasks{speed}", soft_wrap=True)
         console.print(f"report: {runner.run_dir / 'report' / 'report.md'}", soft_wrap=True)
     if bad:
         failed = [k for k, e in runner.manifest.stages.items() if e.get("status") in ("failed", "blocked")]
