@@ -397,7 +397,7 @@ class Runner:
     def _stage_detail(self, stage: Stage) -> str:
         """What the start line says about a stage: a pretraining's model, batch and budget; an evaluation's seeds."""
         if stage.kind == "pretrain":
-            return f"{self.pretrain_summary(stage.params['name'])}; its log: {stage_log(stage.params['name'])}"
+            return self.pretrain_summary(stage.params["name"])  # its whole output: its manifest entry's "log"
         if stage.kind == "eval":
             return f"{stage.params['seeds']} seed(s)"
         return ""

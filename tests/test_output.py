@@ -13,7 +13,7 @@ import pytest
 from helpers import TINY_MODEL, write_tone_clips
 from rich.console import Console
 from test_compare import write_result
-from test_pipeline import FakeEvaluate
+from test_pipeline import fake_eval  # noqa: F401  (the stand-in evaluation, a fixture)
 
 from maebench.cli import main
 from maebench.compare import build_comparison, find_results, render_rich
@@ -99,22 +99,9 @@ evals:
 """
 
 
-@pytest.fixture
-def fake_eval(monkeypatch):
-    import types
-
-    import maebench.downstream.datasets as datasets
-    import maebench.downstream.evaluate as evaluate
-
-    fake = FakeEvaluate()
-    monkeypatch.setattr(evaluate, "evaluate", fake)
-    monkeypatch.setattr(datasets, "load_task", lambda name, root=None: types.SimpleNamespace(
-        folds=[types.SimpleNamespace(test=[0] * 100)]))
-    return fake
-
-
+@pytest.mark.usefixtures("fake_eval")
 def test_a_pipeline_prints_its_stage_lines_keeps_the_child_log_and_leaves_the_latest_run(tmp_path, capsys,
-                                                                                          monkeypatch, fake_eval):
+                                                                                          monkeypatch):
     monkeypatch.setenv("MAEBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("COLUMNS", raising=False)
     mine = tmp_path / "my_own_pretraining"
@@ -128,7 +115,7 @@ def test_a_pipeline_prints_its_stage_lines_keeps_the_child_log_and_leaves_the_la
     captured = capsys.readouterr()
     out, both = captured.out, captured.out + captured.err
     key = f"pretrain/{STAGE}"
-    assert f"{key}: started (mae_ast_patch:tiny, batch 2, 0.001 s budget; its log: {key}.log)" in out
+    assert f"{key}: started (mae_ast_patch:tiny, batch 2, 0.001 s budget)" in out
     assert f"{key}: done in " in out and "10 steps, loss " in out
     assert f"eval/{STAGE}@init/ks2/logreg: done in " in out and "accuracy 50.0 ± 1.0" in out
     for chatter in ("next:", "latest pretraining run", "resum", "calibrat", "nothing to do", "checkpoint:"):
@@ -171,3 +158,32 @@ def test_fresh_runs_say_nothing_of_resuming_and_resume_on_a_fresh_directory_says
 
     out = pretrain("fresh", 3, "--resume")  # a real resume names what changed
     assert "resuming from" in out and "train.max_steps: 2 -> 3" in out
+
+
+# ---------------------------------------------------------------------------------------------------- loss figure
+
+
+def test_the_loss_curve_carries_training_seconds_across_a_resume_and_the_figure_plots_both_axes(tmp_path):
+    """Seconds are the logging windows' durations (clips / clips_per_s) added up: 160/80 = 2, 160/40 = 4, then a
+    resumed process (its elapsed_s starts again from 0) 160/160 = 1: 2, 6, 7 s."""
+    from PIL import Image
+
+    from maebench import report
+    from maebench.pipeline import training_speed
+
+    records = [(10, 2.0, 80.0, 2.0), (20, 1.5, 40.0, 6.0), (30, 1.25, 160.0, 1.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "loss": loss, "clips": 160, "clips_per_s": rate, "elapsed_s": elapsed}) + "\n"
+        for step, loss, rate, elapsed in records))
+    curve = training_speed(tmp_path, batch_size=16)["loss_curve"]
+    assert curve == [[10, 2.0, 2.0], [20, 1.5, 6.0], [30, 1.25, 7.0]]
+
+    summary = {"loss_curves": {"mae_ast": curve, "ssast": [[5, 3.0, 4.0], [10, 2.5, 8.0]]}, "scores": []}
+    (tmp_path / "timed").mkdir()
+    report.write_figures(summary, tmp_path / "timed")
+    old = {"loss_curves": {"mae_ast": [[10, 2.0], [20, 1.5]]}, "scores": []}  # a run from before seconds were kept
+    (tmp_path / "old").mkdir()
+    report.write_figures(old, tmp_path / "old")
+    two_panels = Image.open(tmp_path / "timed" / "loss.png").size
+    one_panel = Image.open(tmp_path / "old" / "loss.png").size
+    assert two_panels[0] > 1.5 * one_panel[0] and two_panels[1] == one_panel[1]
