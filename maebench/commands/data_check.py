@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     kind = "multi-label, " if report["multilabel"] else ""
     console.print(f"[bold]{args.task}[/bold] at {report['root']}{' (toy)' if report['toy'] else ''}: "
                   f"{len(report['classes'])} classes, {kind}{report['metric']}, {report['files']} audio files, "
-                  "layout OK")
+                  "layout OK", soft_wrap=True)
     splits = new_table("examples per fold and split", ("fold", "train", "dev", "test"))
     for name, counts in folds.items():
         splits.add_row(name, *(str(counts[s]["total"]) for s in ("train", "dev", "test")))
