@@ -371,10 +371,12 @@ def check_optional_packages(cfg: PretrainConfig) -> None:
 
 
 def train(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          threads: int | None = None) -> TrainResult:
+          threads: int | None = None, set_latest: bool = True) -> TrainResult:
     """Pretrain as configured (alone or under torchrun); checkpoints and metrics go to the run directory.
 
     `threads`: CPU intra-op threads (default: see cpu_threads; recorded in each checkpoint, reused on resume).
+    `set_latest`: the run becomes the one `maebench eval` uses without --upstream, and the summary says so (a
+    stand-alone `maebench pretrain`); a pipeline's stages pass False.
     """
     check_required(cfg)
     validate(cfg)
@@ -382,7 +384,7 @@ def train(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False,
     previous_threads = torch.get_num_threads()
     run = None
     try:
-        run = Pretrainer(cfg, env, quiet=quiet, threads=threads)
+        run = Pretrainer(cfg, env, quiet=quiet, threads=threads, set_latest=set_latest)
         run.setup(resume=resume, overwrite=overwrite)
         return run.train()
     finally:
@@ -396,7 +398,7 @@ class Pretrainer:
     """One process's part of a pretraining run: `setup`, then `train` (which ends with `summary`)."""
 
     def __init__(self, cfg: PretrainConfig, env: ddp.DistEnv, *, quiet: bool = False,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, set_latest: bool = True) -> None:
         t = cfg.train
         if t.batch_size % (env.world_size * t.grad_accum):
             unit = env.world_size * t.grad_accum
@@ -412,6 +414,7 @@ class Pretrainer:
         self.requested_threads, self.threads = threads, None
         self.lock: ckpt.RunLock | None = None
         self.tensorboard: TensorBoardLog | None = None
+        self.set_latest = set_latest  # see train()
 
     def release(self) -> None:
         """Drop the run directory's lock (rank 0 holds it from setup to the end of the run); close TensorBoard."""
@@ -708,8 +711,9 @@ class Pretrainer:
             losses=self.losses,
         )
         if self.env.is_main:
-            _print_summary(result, self.env, self.device)
-            record_latest_pretrain_run(self.run_dir)
+            _print_summary(result, self.env, self.device, next_hint=self.set_latest)
+            if self.set_latest:
+                record_latest_pretrain_run(self.run_dir)
         return result
 
 
@@ -776,7 +780,7 @@ def _peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def _print_summary(result: TrainResult, env: ddp.DistEnv, device: torch.device) -> None:
+def _print_summary(result: TrainResult, env: ddp.DistEnv, device: torch.device, next_hint: bool = True) -> None:
     done = result.steps - result.start_step
     memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
     scope = f" (sum over {env.world_size} processes)" if env.is_distributed else ""
@@ -791,6 +795,7 @@ def _print_summary(result: TrainResult, env: ddp.DistEnv, device: torch.device) 
               f"file(s): {listed}{more}")
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
+    if result.checkpoint and next_hint:
         print(f"next: {NEXT_COMMAND}   (evaluates this run: it is now the latest pretraining run)")
 
 
