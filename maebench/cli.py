@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "manifest": "maebench.commands.data_manifest",
         "toy": "maebench.commands.data_toy",
         "check": "maebench.commands.data_check",
+        "get": "maebench.commands.data_get",
     },
     "bench": {
         "fbank": "maebench.commands.bench_fbank",

@@ -56,3 +56,14 @@ def track(items: list[T], description: str, *, quiet: bool = False, unit: str = 
         for item in items:
             yield item
             progress.advance(task)
+
+
+def download_bar(quiet: bool = False) -> Progress:
+    """A rich `Progress` for byte transfers: bytes done / total, rate and ETA (same quiet rules as `progress_bar`)."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
+    )
