@@ -125,6 +125,7 @@ def _stage(source: Source, root: Path, files: list[tuple[Archive | None, Path]],
             final.append(target)
     finally:
         remove_tree(stage)
+    _record(root, source).parent.mkdir(exist_ok=True)
     write_text_atomic(_record(root, source), json.dumps({"source": source.name, "folders": [str(p) for p in final]}))
     if not keep:
         for _, file in files:

@@ -20,7 +20,7 @@ from maebench.errors import MaebenchError
 
 # an audio archive barely compresses; a declared size this many times the archive's is a bomb or a lie
 MAX_EXPANSION = 20
-MIN_BUDGET = 1 << 30
+MIN_BUDGET = 64 << 20
 
 
 def default_budget(archive: Path) -> int:
