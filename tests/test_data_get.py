@@ -401,3 +401,19 @@ def test_every_row_names_where_its_checksum_comes_from():
                 assert len(archive.sha256 or "") == 64 or len(archive.md5 or "") == 32
             else:
                 assert archive.expect is not None or source.check_task, archive.url
+
+
+def test_hear_tarball_from_file_lands_as_its_task_folder(tmp_path, capsys):
+    """A HEAR 2021 tarball holds tasks/<task folder>/ (task_metadata.json, 16000/...): that folder lands in ROOT."""
+    from maebench.downstream.hear_toy import build_hear_toy
+
+    task = build_hear_toy(tmp_path / "build" / "tasks" / "toy-v1.0.0-full")
+    (task / TOY_MARKER).unlink()
+    archive = tmp_path / "hear-2021.0.6-toy-v1.0.0-full-16000.tar.gz"
+    archive.write_bytes(_ks_tar(tmp_path / "build" / "tasks", "tasks"))
+    assert main(["data", "get", "hear:toy", "-o", str(tmp_path / "data")]) == 2
+    assert "zenodo.org" in capsys.readouterr().out
+    assert main(["data", "get", "hear:toy", "-o", str(tmp_path / "data"), "--from", str(archive), "--quiet"]) == 0
+    folder = tmp_path / "data" / "toy-v1.0.0-full"
+    assert f"--task hear:{folder}" in capsys.readouterr().out
+    assert main(["data", "check", "--task", f"hear:{folder}"]) == 0

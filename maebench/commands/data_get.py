@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     source = find_source(args.task)
     if source.restricted and args.from_file is None:
-        print(f"{source.title} is not openly downloadable.\n  get it: {source.request}\n"
+        why = "has no download table in maebench yet" if args.task.startswith("hear:") else "is not openly downloadable"
+        print(f"{source.title} {why}.\n  get it: {source.request}\n"
               f"  data check --task {source.check_task or args.task} will expect: {source.layout}")
         return 2
     if args.dry_run:
