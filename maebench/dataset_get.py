@@ -17,7 +17,7 @@ from pathlib import Path
 
 from maebench.atomic import sweep_stale, temp_sibling, write_text_atomic
 from maebench.data_sources import Archive, Source
-from maebench.download import apply_mirror, download
+from maebench.download import apply_mirror, download, sum_mismatch
 from maebench.errors import MaebenchError
 from maebench.unpack import remove_tree, unpack
 
@@ -149,7 +149,11 @@ def get_dataset(source: Source, root: Path, *, mirror: str | None = None, from_f
         if len(source.archives) != 1:
             raise MaebenchError(f"--from takes one archive; {source.name} needs {len(source.archives)}: "
                                 f"{', '.join(a.filename for a in source.archives)} (put them in {root / DOWNLOADS})")
-        files = [(source.archives[0], from_file)]
+        archive = source.archives[0]
+        problem = sum_mismatch(from_file, archive.size, archive.sha256, archive.md5)
+        if problem:
+            raise MaebenchError(f"--from {from_file}: {problem}; it is not the published {archive.filename}")
+        files = [(archive, from_file)]
     else:
         if source.restricted:
             raise MaebenchError(f"{source.title} is not openly downloadable: {source.request}")

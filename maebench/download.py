@@ -41,22 +41,27 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, size: int | None, sha256: str | None, md5: str | None) -> None:
-    """Raise MaebenchError (renaming the file to NAME.mismatch) unless `path` has the expected size and sum."""
-    final = path.with_name(path.name.removesuffix(".part"))
-    bad = final.with_name(final.name + ".mismatch")
+def sum_mismatch(path: Path, size: int | None, sha256: str | None, md5: str | None) -> str | None:
+    """What is wrong with `path` against the published size and sums ("size 1 bytes, expected 2"), or None."""
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
-        os.replace(path, bad)
-        raise MaebenchError(f"{final.name}: size {actual_size} bytes, expected {size}; kept as {bad} (delete it "
-                            "and rerun, or check --mirror)")
+        return f"size {actual_size} bytes, expected {size}"
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected:
             actual = file_digest(path, algorithm)
             if actual != expected.lower():
-                os.replace(path, bad)
-                raise MaebenchError(f"{final.name}: {algorithm} {actual}, expected {expected}; kept as {bad} "
-                                    "(delete it and rerun, or check --mirror)")
+                return f"{algorithm} {actual}, expected {expected}"
+    return None
+
+
+def verify(path: Path, size: int | None, sha256: str | None, md5: str | None) -> None:
+    """Raise MaebenchError (renaming the file to NAME.mismatch) unless `path` has the expected size and sum."""
+    problem = sum_mismatch(path, size, sha256, md5)
+    if problem:
+        final = path.with_name(path.name.removesuffix(".part"))
+        bad = final.with_name(final.name + ".mismatch")
+        os.replace(path, bad)
+        raise MaebenchError(f"{final.name}: {problem}; kept as {bad} (delete it and rerun, or check --mirror)")
 
 
 def _open(url: str, offset: int):

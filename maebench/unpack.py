@@ -74,9 +74,10 @@ def _unpack_tar(archive: Path, target: Path, budget: int) -> None:
     with tarfile.open(archive) as tar:
         members = _tar_members(archive, tar)
         _check_budget(archive, sum(m.size for m in members if m.isfile()), budget, target)
+        # Python's "data" filter (3.10.12+/3.11.4+) re-checks names and links and drops special modes
+        safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         for member in members:
-            # the "data" filter re-checks names and links and drops modes that would make files executable
-            tar.extract(member, target, filter="data")
+            tar.extract(member, target, **safety)
 
 
 def _unpack_zip(archive: Path, target: Path, budget: int) -> None:

@@ -417,3 +417,12 @@ def test_hear_tarball_from_file_lands_as_its_task_folder(tmp_path, capsys):
     folder = tmp_path / "data" / "toy-v1.0.0-full"
     assert f"--task hear:{folder}" in capsys.readouterr().out
     assert main(["data", "check", "--task", f"hear:{folder}"]) == 0
+
+
+def test_from_file_is_held_to_the_published_sums_and_left_in_place(tmp_path, capsys):
+    fake = tmp_path / "speech_commands_v0.02.tar.gz"
+    fake.write_bytes(_tar_gz([_file("./yes/0a7c2a8d_nohash_0.wav")]))
+    assert main(["data", "get", "ks2", "-o", str(tmp_path / "data"), "--from", str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert "expected 2428923189" in err and "--from" in err and len(err.strip().splitlines()) == 1
+    assert fake.is_file() and not (tmp_path / "data" / "speech_commands_v0.02").exists()
