@@ -113,7 +113,7 @@ def _stage(source: Source, root: Path, files: list[tuple[Archive | None, Path]],
             os.replace(inner, stage / dest)
             remove_tree(unpacked)
             dests.append(dest)
-        data = stage / source.data if source.data or source.check_task != "hear:" else stage / dests[0]
+        data = stage / (dests[0] if source.check_task == "hear:" else source.data)
         check_result(source, data)
         final = []
         for dest in dests:
@@ -144,6 +144,9 @@ def get_dataset(source: Source, root: Path, *, mirror: str | None = None, from_f
         if not from_file.is_file():
             raise MaebenchError(f"--from {from_file}: no such file; pass the archive you downloaded")
         if source.check_task == "hear:" or source.restricted:
+            if source.data and (root / source.data).exists():
+                raise MaebenchError(f"{root / source.data} already exists; move it away or pass another -o "
+                                    "(nothing was overwritten)")
             folders = _stage(source, root, [(None, from_file)], keep=True)
             return folders[0], _task_of(source, folders[0])
         if len(source.archives) != 1:
@@ -159,12 +162,16 @@ def get_dataset(source: Source, root: Path, *, mirror: str | None = None, from_f
             raise MaebenchError(f"{source.title} is not openly downloadable: {source.request}")
         steps = plan(source, root, mirror)
         existing = [s.dest for s in steps if s.dest.exists()]
-        if existing and all(_made_by_us(root, d) for d in existing) and len(existing) == len(steps):
+        theirs = [d for d in existing if not _made_by_us(root, d)]
+        if theirs:
+            raise MaebenchError(f"{theirs[0]} already exists and was not made by `maebench data get`; move it away "
+                                "or pass another -o (nothing was overwritten)")
+        if existing and len(existing) == len(steps):  # an earlier `data get`: only re-check it
             data = root / source.data
             return data, check_result(source, data)
-        for dest in existing:
-            raise MaebenchError(f"{dest} already exists and was not made by `maebench data get`; move it away or "
-                                "pass another -o (nothing was overwritten)")
+        if existing:
+            raise MaebenchError(f"{existing[0]} is left from an incomplete `maebench data get {source.name}`; "
+                                "delete it and rerun")
         files = []
         for step in steps:
             a = step.archive
