@@ -93,6 +93,7 @@ class Result:
     protocol: dict[str, Any] | None = None  # results.json "protocol" (None: not recorded, 0.1.0)
     data_root: str | None = None  # results.json data.root: the dataset the score was measured on
     hparams: dict[str, Any] | None = None  # results.json probe.hparams: the probe settings used
+    fingerprint: str | None = None  # results.json upstream.fingerprint: the weights evaluated
 
 
 def protocol_label(result: Result) -> str:
@@ -198,6 +199,7 @@ def read_result(path: str | Path) -> Result:
         protocol=data["protocol"] if isinstance(data.get("protocol"), dict) else None,
         data_root=None if dataset.get("root") is None else str(dataset["root"]),
         hparams=hparams if isinstance(hparams, dict) else None,
+        fingerprint=upstream.get("fingerprint") if isinstance(upstream.get("fingerprint"), str) else None,
     )
 
 

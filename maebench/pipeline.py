@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from maebench.errors import MaebenchError
 from maebench.settings import from_mapping
 
 MANIFEST = "manifest.json"
+RUN_LOCK = ".lock"  # RUN/.lock: flock-ed by the live `maebench run` of this directory (maebench.run_checkpoint)
 MANIFEST_FORMAT = 1
 INIT_SUFFIX = "@init"  # "mae_ast@init" in a recipe = the pretraining stage mae_ast's random init
 SUMMARY_KINDS = ("stats", "compare", "report")  # stages that read every evaluation: redone when one ran
@@ -167,17 +169,20 @@ class Manifest:
 
     def __init__(self, run_dir: Path, recipe_name: str, recipe_hash: str) -> None:
         self.path = run_dir / MANIFEST
+        self.recipe_hash = recipe_hash
         self.data: dict[str, Any] = {"maebench_pipeline": MANIFEST_FORMAT, "recipe": recipe_name,
                                      "recipe_hash": recipe_hash, "stages": {}}
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise MaebenchError(f"{self.path} is unreadable ({err}): move it away to start the run again") from None
-            if saved.get("recipe_hash") != recipe_hash:
-                raise MaebenchError(f"{run_dir} holds a run of another recipe ({saved.get('recipe')}, or an edited "
-                                    "one): choose another --run-dir, or move that directory away")
-            self.data = saved
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the saved manifest, if any: a corrupt one, or one of another recipe, is refused (one line)."""
+        if not self.path.exists():
+            return
+        saved = read_manifest(self.path)
+        if saved.get("recipe_hash") != self.recipe_hash:
+            raise MaebenchError(f"{self.path.parent} holds a run of another recipe ({saved.get('recipe')}, or an "
+                                "edited one): choose another --run-dir, or move that directory away")
+        self.data = saved
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
@@ -212,6 +217,22 @@ class Manifest:
         write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A pipeline manifest.json, checked: an object whose `stages` maps stage keys to objects."""
+    advice = "move it away to start the run again (or choose another --run-dir)"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MaebenchError(f"{path} is unreadable ({reason}): {advice}") from None
+    stages = saved.get("stages") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or "maebench_pipeline" not in saved or not isinstance(stages, dict) \
+            or not all(isinstance(entry, dict) for entry in stages.values()):
+        raise MaebenchError(f"{path} is not a maebench pipeline manifest (an object with a `stages` object of "
+                            f"stage entries): {advice}")
+    return saved
+
+
 def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
@@ -239,13 +260,26 @@ class Runner:
         self.recipe_text = text
 
     def run(self) -> int:
-        """Every stage in order; returns the number of failed or blocked stages (0 = all done)."""
-        from maebench.progress import progress_bar
+        """Every stage in order; returns the number of failed or blocked stages (0 = all done). Holds RUN/.lock
+        meanwhile: a second `maebench run` on the same directory is refused, naming this one's pid."""
+        from maebench.run_checkpoint import RunLock
 
-        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not self.manifest.path.exists():
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise MaebenchError(f"run directory {self.run_dir} is a file: choose another --run-dir")
+        if self.run_dir.is_dir() and any(p.name != RUN_LOCK for p in self.run_dir.iterdir()) \
+                and not self.manifest.path.exists():
             raise MaebenchError(f"{self.run_dir} already holds files that are not a pipeline run (no {MANIFEST}): "
                                 "choose another --run-dir; nothing there was touched")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.run_dir, command="maebench run")  # released when this returns (or the process dies)
+        try:
+            self.manifest.reload()  # what a run that held the lock before us recorded
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> int:
+        from maebench.progress import progress_bar
+
         if not (self.run_dir / "recipe.yaml").exists():
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
@@ -313,7 +347,7 @@ class Runner:
         jobs = self.recipe.evals.jobs
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
         with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
-                                         initargs=(max(1, cpu_threads() // jobs),)) as pool:
+                                         initargs=(max(1, cpu_threads() // jobs), os.getpid())) as pool:
             running = {pool.submit(_evaluate_group, self.run_dir, self.recipe.evals,
                                    [(s.key, s.params, self._upstream_spec(s.params["upstream"])) for s in group]
                                    ): group for group in items.values()}
@@ -369,6 +403,9 @@ class Runner:
     # ---- the stage kinds (each returns the manifest fields of its entry)
 
     def _do_pretrain(self, stage: Stage) -> dict[str, Any]:
+        from maebench.lifetime import child_environment
+        from maebench.run_checkpoint import RunLock
+
         name = stage.params["name"]
         spec = self.pretrain[name]
         cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
@@ -383,7 +420,9 @@ class Runner:
         write_text_atomic(job_path, json.dumps(job, indent=2) + "\n")
         error = Path(job["error"])
         error.unlink(missing_ok=True)
-        code = _wait_for_child(subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)]))
+        RunLock(cfg.default_run_dir(), wait_s=30).release()  # a killed run's child may still be dying: wait for it
+        code = _wait_for_child(subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)],
+                                                env=child_environment()))
         if code != 0:
             reason = error.read_text().strip() if error.exists() else f"exited with status {code}"
             raise MaebenchError(f"pretraining {name}: {reason} (re-running the same command resumes from its last "
@@ -453,13 +492,17 @@ def evaluate_stage(run_dir: Path, evals: EvalStage, params: dict[str, Any], upst
 
 
 def task_root(evals: EvalStage, task: str) -> Path | None:
-    """ROOT/<task> of the evaluations' data, or None for the built-in toy."""
-    return Path(evals.data).expanduser() / task if evals.data else None
+    """ROOT/<task> of the evaluations' data, or None for the built-in toy (and for hear:PATH, which names its
+    own folder)."""
+    return Path(evals.data).expanduser() / task if evals.data and not task.startswith("hear:") else None
 
 
-def _worker_threads(threads: int) -> None:
+def _worker_threads(threads: int, parent_pid: int) -> None:
     import torch
 
+    from maebench.lifetime import die_with_parent
+
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -494,10 +537,15 @@ def _error_text(err: BaseException) -> str:
 
 def _wait_for_child(process: subprocess.Popen) -> int:
     """The child's exit status. On Ctrl-C (which the child receives too) give it time to stop cleanly (its last
-    checkpoint is intact either way: checkpoints are written atomically), then re-raise."""
+    checkpoint is intact either way: checkpoints are written atomically), then re-raise. On SIGTERM (which the
+    child did not receive) stop the child first."""
+    from maebench.lifetime import Terminated
+
     try:
         return process.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Terminated):
+            process.terminate()
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -629,6 +677,9 @@ def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from maebench.lifetime import die_with_parent
+
+    die_with_parent()  # a killed `maebench run` takes its pretraining with it
     try:
         _child(Path(sys.argv[1]))
     except MaebenchError as err:

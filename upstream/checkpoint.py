@@ -199,8 +199,17 @@ def load_weights_into(model: nn.Module, tensors: Mapping[str, Tensor], source: s
             )
         if got.dtype.is_floating_point != ref.dtype.is_floating_point:
             raise MaebenchError(f"{source}: weight {key!r} has dtype {got.dtype}, the model expects {ref.dtype}")
+    check_finite(tensors, source)
     with torch.no_grad():
         model.load_state_dict(dict(tensors), strict=True)
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str | Path) -> None:
+    """NaN or infinite weights would give NaN features, and probes would score them at chance without a word."""
+    for key, tensor in tensors.items():
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise MaebenchError(f"{source}: weight {key!r} holds NaN or infinite values (a corrupt file, or a "
+                                "training run that diverged): use another checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------------- training runs

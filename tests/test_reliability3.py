@@ -1,0 +1,312 @@
+"""Reliability, round 3 (issue 21): the pipeline, HEAR tasks, compare and the cache under bad input, kills and faults.
+
+Each test pins one item of the issue (named in its docstring): silently wrong or lost work, pickled code, and
+one-line errors (MaebenchError naming the file and what to do) instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import one_line_error, write_tone_clips
+
+from maebench.cli import main
+from maebench.errors import MaebenchError
+
+PRETRAIN_ONLY = """\
+pipeline: 1
+description: one tiny pretraining, nothing else
+pretrain:
+  m:
+    data: {data}
+    set: [model.name=mae_ast_patch, "model.overrides={{depth: 1, decoder_depth: 1, dim: 32, num_heads: 2,
+          ffn_dim: 64}}", train.batch_size=2, train.log_every=5, train.ckpt_every=5, train.max_steps={steps},
+          data.clip_seconds=0.5, data.num_workers=0]
+compare: false
+report: false
+"""
+
+
+def pretrain_recipe(tmp_path: Path, steps: int = 60) -> Path:
+    data = write_tone_clips(tmp_path / "clips", count=8)
+    path = tmp_path / "pretrain_only.yaml"
+    path.write_text(PRETRAIN_ONLY.format(data=data, steps=steps))
+    return path
+
+
+def run_command(recipe: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "maebench", "run", str(recipe), "--run-dir", str(run_dir)]
+
+
+def wait_for_trainer(run_dir: Path, parent: subprocess.Popen) -> int:
+    """The pid of the pretraining child, once it holds its run directory's lock (written by the trainer)."""
+    lock = run_dir / "pretrain" / "m" / ".lock"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and parent.poll() is None:
+        text = lock.read_text().split() if lock.exists() else []
+        if text and int(text[0]) != parent.pid:
+            return int(text[0])
+        time.sleep(0.02)
+    raise AssertionError(f"the pretraining child never started: {parent.stderr.read().decode()}")
+
+
+def gone(pid: int, seconds: float) -> bool:
+    """Whether process `pid` has exited (or is a zombie) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_item1_a_killed_run_takes_its_pretraining_child_with_it_and_a_rerun_succeeds(tmp_path, sig):
+    """Item 1: `kill PID` / SIGKILL of `maebench run` leaves no orphan training on; the re-run finishes."""
+    recipe, run_dir = pretrain_recipe(tmp_path), tmp_path / "run"
+    parent = subprocess.Popen(run_command(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = wait_for_trainer(run_dir, parent)
+    os.kill(parent.pid, sig)
+    parent.wait(timeout=60)
+    assert gone(child, 20), "the pretraining child outlived its parent"
+    final = run_dir / "pretrain" / "m" / "checkpoints" / "step_00000060"
+    assert not final.exists()  # it stopped with its parent, not after training to the end as an orphan
+    rerun = subprocess.run(run_command(recipe, run_dir), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert stages["pretrain/m"]["status"] == "done" and final.exists()
+
+
+def test_item2_a_second_run_on_the_same_directory_is_refused_naming_the_first(tmp_path, capsys):
+    """Item 2: while one `maebench run` works in RUN, a second is refused (exit 2, the first's pid) and writes
+    nothing into RUN's manifest."""
+    recipe, run_dir = pretrain_recipe(tmp_path), tmp_path / "run"
+    first = subprocess.Popen(run_command(recipe, run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_trainer(run_dir, first)
+        before = (run_dir / "manifest.json").read_text()
+        assert main(["run", str(recipe), "--run-dir", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another maebench run (pid {first.pid}" in err and "Traceback" not in err
+        assert (run_dir / "manifest.json").read_text() == before
+    finally:
+        first.kill()
+        first.wait()
+
+
+def tiny_upstream(seed: int = 0):
+    import torch
+
+    from maebench.upstream import registry
+
+    torch.manual_seed(seed)
+    return registry.preset("mae_ast_patch:tiny", depth=1, decoder_depth=1)
+
+
+def hand_result(directory: Path, upstream: dict, task: str = "ks2", score: float = 70.0) -> Path:
+    """A results.json as `maebench eval` writes it (the fields compare reads), written out here."""
+    directory.mkdir(parents=True)
+    record = {"maebench_results": 1, "task": task, "metric": "accuracy", "score": score, "std": 0.0,
+              "upstream": {"family": "mae_ast", "config_hash": "c", **upstream}, "probe": {"name": "linear"},
+              "data": {"root": None, "toy": True}, "created": "2026-01-01T00:00:00"}
+    (directory / "results.json").write_text(json.dumps(record))
+    return directory / "results.json"
+
+
+def test_item3_compare_does_not_pass_off_an_older_checkpoints_result_as_the_run(tmp_path, monkeypatch, capsys):
+    """Item 3: a result of RUN's step-1 checkpoint is not RUN's score once RUN has trained on: compare evaluates
+    RUN again (matched by the recorded weights' fingerprint, not the name); without --task it says why it shows
+    nothing."""
+    from helpers import save_in_run
+
+    import maebench.downstream.evaluate as evaluate_module
+    from maebench.upstream.registry import fingerprint
+
+    run = tmp_path / "run"
+    old = tiny_upstream(0)
+    step1 = save_in_run(old, run, 1)
+    hand_result(tmp_path / "results" / "old", {"name": str(run), "path": str(step1), "fingerprint": fingerprint(old)})
+    calls = []
+
+    def recording_evaluate(task, spec, *, out_dir, probe, **_):
+        calls.append((task, spec))
+        return {"results_path": str(hand_result(Path(out_dir) / "new", {"name": spec, "fingerprint": "x"}, task,
+                                                score=80.0))}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", recording_evaluate)
+    args = ["compare", str(tmp_path / "results"), "--upstream", str(run), "--no-png"]
+    # still the same weights: the result is RUN's, nothing to evaluate
+    assert main([*args, "--task", "ks2", "--out", str(tmp_path / "c1")]) == 0 and calls == []
+    save_in_run(tiny_upstream(1), run, 2)  # RUN trained on: its newest checkpoint has other weights
+    assert main([*args, "--task", "ks2", "--out", str(tmp_path / "c2")]) == 0
+    assert calls == [("ks2", str(run))]
+    assert "80.0" in (tmp_path / "c2" / "compare.md").read_text()
+    assert "70.0" not in (tmp_path / "c2" / "compare.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 2  # item 17: the results exist but are filtered out; not "no results.json found"
+    err = capsys.readouterr().err
+    assert "no results.json found" not in err and "none of the 1 results.json" in err and "--task" in err
+
+
+@pytest.fixture(scope="module")
+def toy_ks2(tmp_path_factory) -> Path:
+    from maebench.downstream.datasets import build_toy
+
+    return build_toy("ks2", tmp_path_factory.mktemp("ks2"), speech_backend="procedural", size="small")
+
+
+NAN_HEAR_MODULE = '''
+import torch
+
+class Model(torch.nn.Module):
+    sample_rate = 16000
+    scene_embedding_size = timestamp_embedding_size = 4
+
+def load_model(model_file_path="", **kwargs):
+    return Model()
+
+def get_scene_embeddings(audio, model):
+    out = audio[:, :4].clone()
+    out[:, 0] = float("nan")  # a broken module: one NaN dimension
+    return out
+
+def get_timestamp_embeddings(audio, model):
+    return get_scene_embeddings(audio, model)[:, None], torch.zeros(audio.shape[0], 1)
+'''
+
+
+def test_item4_a_nan_weight_is_refused_at_load(tmp_path, capsys):
+    """Item 4: a checkpoint with a NaN weight is a one-line error naming the file and the weight (not features a
+    probe scores at chance)."""
+    from safetensors.torch import load_file, save_file
+
+    from maebench.upstream import load, save_upstream
+
+    directory = save_upstream(tiny_upstream(), tmp_path / "nan")
+    tensors = load_file(directory / "model.safetensors")
+    name = sorted(k for k, v in tensors.items() if v.dtype.is_floating_point and v.ndim == 2)[0]
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(MaebenchError) as excinfo:
+        load(directory)
+    one_line_error(excinfo, str(directory / "model.safetensors"), name, "NaN")
+    assert main(["eval", "--task", "ks2", "--upstream", str(directory), "--out", str(tmp_path / "out")]) == 2
+    assert not list((tmp_path / "out").rglob("results.json")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize("probe", ["linear", "logreg"])
+def test_item4_nan_features_are_an_error_naming_the_upstream_and_no_result_is_written(tmp_path, monkeypatch,
+                                                                                      toy_ks2, probe):
+    """Item 4: a foreign module returning NaN: no chance-level score in results.json (linear), no scikit-learn
+    traceback (logreg); a one-line error naming the upstream, and nothing written."""
+    from maebench.downstream.evaluate import evaluate
+
+    monkeypatch.setenv("MAEBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "nan_hear_module.py").write_text(NAN_HEAR_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    with pytest.raises(MaebenchError) as excinfo:
+        evaluate("ks2", "hear:nan_hear_module", data_root=toy_ks2, probe=probe, out_dir=tmp_path / "out", quiet=True,
+                 overrides={"max_steps": "20"} if probe == "linear" else {"Cs": "[1.0]", "max_iter": "50"})
+    one_line_error(excinfo, "hear:nan_hear_module", "NaN")
+    assert not list(tmp_path.rglob("results.json")) and not list((tmp_path / "cache").rglob("features.npy"))
+
+
+def test_item5_an_out_path_that_is_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Item 5: `--out FILE` is refused at once (one line, naming it), not after the whole evaluation ran."""
+    import maebench.downstream.evaluate as evaluate_module
+
+    out = tmp_path / "out.txt"
+    out.write_text("mine\n")
+    loads = []
+    monkeypatch.setattr(evaluate_module, "resolve_upstream", lambda spec: loads.append(spec))  # must not be reached
+    for target in (out, out / "sub"):
+        with pytest.raises(MaebenchError) as excinfo:
+            evaluate_module.evaluate("ks2", "mae_ast_patch:tiny", out_dir=target, quiet=True)
+        one_line_error(excinfo, str(target), "file", "--out")
+    assert loads == [] and out.read_text() == "mine\n"
+
+
+def write_hear_task(folder: Path, *, metadata: object = None, vocabulary: bytes | None = None,
+                    splits: dict[str, dict] | None = None) -> Path:
+    """A small HEAR scene task in hear-preprocess's layout (written out here), with parts replaced as given."""
+    from helpers import speechlike, write_wav
+
+    folder.mkdir(parents=True)
+    meta = {"task_name": "tiny", "version": "1", "embedding_type": "scene", "prediction_type": "multiclass",
+            "split_mode": "trainvaltest", "sample_duration": 0.5, "evaluation": ["top1_acc"]}
+    (folder / "task_metadata.json").write_text(json.dumps(meta if metadata is None else metadata))
+    (folder / "labelvocabulary.csv").write_bytes(vocabulary or b"idx,label\n0,dog\n1,cat\n")
+    default = {split: {f"{split}{i}.wav": [("dog", "cat")[i % 2]] for i in range(4)}
+               for split in ("train", "valid", "test")}
+    for split, labels in (splits or default).items():
+        (folder / f"{split}.json").write_text(json.dumps(labels))
+        for i, name in enumerate(default[split]):
+            write_wav(folder / "16000" / split / name, speechlike(8000, seed=i))
+    return folder
+
+
+def test_item5_a_hear_task_name_with_a_slash_is_refused_up_front(tmp_path):
+    """Item 5: task_name "a/b" would end the evaluation in FileNotFoundError writing results: refused at load."""
+    from maebench.downstream.datasets import load_task
+
+    folder = write_hear_task(tmp_path / "task", metadata={
+        "task_name": "a/b", "embedding_type": "scene", "prediction_type": "multiclass",
+        "split_mode": "trainvaltest", "evaluation": ["top1_acc"]})
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task(f"hear:{folder}")
+    one_line_error(excinfo, str(folder / "task_metadata.json"), "'a/b'")
+
+
+def test_item6_bench_data_rewrites_clips_of_another_length(tmp_path):
+    """Item 6: clips left in --dir by a run with another --seconds are rewritten, not measured under the new label."""
+    import soundfile
+
+    from maebench.commands.bench_data import write_clips
+
+    first = write_clips(tmp_path, "wav16k", 2, 1.0)
+    assert [soundfile.info(str(p)).frames for p in first] == [16000, 16000]
+    second = write_clips(tmp_path, "wav16k", 2, 0.5)
+    assert second == first and [soundfile.info(str(p)).frames for p in second] == [8000, 8000]
+    first[0].write_bytes(b"not audio")
+    assert soundfile.info(str(write_clips(tmp_path, "wav16k", 2, 0.5)[0])).frames == 8000
+
+
+HEAR_PIPELINE = """\
+pipeline: 1
+evals:
+  tasks: ["hear:{task}"]
+  probes: [logreg]
+  upstreams: ["{upstream}"]
+  set: {{logreg: {{Cs: [1.0], max_iter: 50}}}}
+compare: false
+report: false
+"""
+
+
+def test_item7_eval_data_leaves_hear_stages_alone(tmp_path, monkeypatch):
+    """Item 7: with --eval-data ROOT a hear:PATH stage still reads PATH (not ROOT/hear:PATH) and runs."""
+    from maebench.pipeline import Runner, load_pipeline
+    from maebench.upstream import save_upstream
+
+    monkeypatch.setenv("MAEBENCH_CACHE", str(tmp_path / "cache"))
+    task = write_hear_task(tmp_path / "task")
+    upstream = save_upstream(tiny_upstream(), tmp_path / "up")
+    recipe = tmp_path / "hear.yaml"
+    recipe.write_text(HEAR_PIPELINE.format(task=task, upstream=upstream))
+    (tmp_path / "root").mkdir()
+    parsed, stages, path = load_pipeline(recipe, eval_data=str(tmp_path / "root"))
+    runner = Runner(parsed, stages, tmp_path / "run", path, quiet=True)
+    assert runner.run() == 0, json.loads((tmp_path / "run" / "manifest.json").read_text())
