@@ -310,3 +310,50 @@ def test_item7_eval_data_leaves_hear_stages_alone(tmp_path, monkeypatch):
     parsed, stages, path = load_pipeline(recipe, eval_data=str(tmp_path / "root"))
     runner = Runner(parsed, stages, tmp_path / "run", path, quiet=True)
     assert runner.run() == 0, json.loads((tmp_path / "run" / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["../../outside.wav", "/etc/outside.wav", ".."])
+def test_item8_hear_split_files_name_only_files_of_their_audio_folder(tmp_path, capsys, name):
+    """Item 8: a split file naming ../.. or an absolute path is refused (by eval and by `data check --deep`);
+    nothing outside the task's audio folder is read."""
+    from helpers import speechlike, write_wav
+
+    from maebench.downstream.datasets import load_task
+
+    write_wav(tmp_path / "outside.wav", speechlike(8000))  # what ../../outside.wav reaches from 16000/train/
+    default = {split: {f"{split}{i}.wav": [("dog", "cat")[i % 2]] for i in range(4)}
+               for split in ("train", "valid", "test")}
+    default["train"][name] = ["dog"]
+    folder = write_hear_task(tmp_path / "task", splits=default)
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task(f"hear:{folder}")
+    one_line_error(excinfo, str(folder / "train.json"), repr(name))
+    assert main(["data", "check", "--task", f"hear:{folder}", "--deep"]) == 2
+    assert "layout OK" not in capsys.readouterr().out
+
+
+class PickledCode:
+    """Pickles as a call of os.system: loading the file with weights_only=False runs the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_item9_an_s3prl_checkpoint_with_pickled_code_is_refused_before_s3prl_loads_it(tmp_path):
+    """Item 9: `s3prl:NAME:FILE` reads FILE through maebench's allow-list first; pickled code never runs."""
+    pytest.importorskip("s3prl", reason="install the s3prl extra: pip install 'maebench[s3prl]'")
+    import torch
+    from helpers import torchaudio_restored
+
+    from maebench.upstream import load
+
+    marker = tmp_path / "code_ran"
+    checkpoint = tmp_path / "evil.pt"
+    torch.save({"cfg": PickledCode(f"touch {marker}"), "model": {"w": torch.zeros(2)}}, checkpoint)
+    with torchaudio_restored(), pytest.raises(MaebenchError) as excinfo:
+        load(f"s3prl:mae_ast_local:{checkpoint}")
+    one_line_error(excinfo, str(checkpoint), "s3prl:mae_ast_local", "pickled code")
+    assert not marker.exists()
