@@ -11,13 +11,21 @@ from maebench.errors import MaebenchError
 
 
 def cache_dir() -> Path:
-    """$MAEBENCH_CACHE, else $XDG_CACHE_HOME/maebench, else ~/.cache/maebench (created on demand)."""
+    """$MAEBENCH_CACHE, else $XDG_CACHE_HOME/maebench, else ~/.cache/maebench (created on demand); one that cannot
+    be made or written is a one-line error, before any work goes into something that would be written there."""
     root = os.environ.get("MAEBENCH_CACHE")
     if root:
         path = Path(root)
     else:
         path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "maebench"
-    path.mkdir(parents=True, exist_ok=True)
+    hint = "set MAEBENCH_CACHE to a writable folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # under a file, on a read-only or full disk
+        raise MaebenchError(f"cache folder {path} cannot be made ({err.strerror or err}): {hint}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MaebenchError(f"cache folder {path} is not writable (toy data, features and the latest-run pointer "
+                            f"go there): {hint}")
     return path
 
 

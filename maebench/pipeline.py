@@ -118,6 +118,13 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
                             f"`maebench pretrain --recipe {path}`, or pick a pipeline recipe such as demo")
     origin = f"recipe {path}"
     parsed = from_mapping(Recipe, data, origin=origin, kind="pipeline key")
+    if parsed.pipeline != 1:
+        raise MaebenchError(f"{origin}: pipeline: {parsed.pipeline} is not a pipeline format this maebench reads "
+                            "(1); write `pipeline: 1`")
+    bad_sets = [probe for probe, values in parsed.evals.set.items() if not isinstance(values, dict)]
+    if bad_sets:
+        raise MaebenchError(f"{origin}: evals.set.{bad_sets[0]} must be a mapping of probe settings, e.g. "
+                            f"`set: {{{bad_sets[0]}: {{max_steps: 500}}}}`")
     stages = {str(name): from_mapping(PretrainStage, fields or {}, origin=origin, kind="pretrain key",
                                       prefix=f"pretrain.{name}.") for name, fields in parsed.pretrain.items()}
     for spec in stages.values():

@@ -357,3 +357,172 @@ def test_item9_an_s3prl_checkpoint_with_pickled_code_is_refused_before_s3prl_loa
         load(f"s3prl:mae_ast_local:{checkpoint}")
     one_line_error(excinfo, str(checkpoint), "s3prl:mae_ast_local", "pickled code")
     assert not marker.exists()
+
+
+EVAL_ONLY = """\
+pipeline: {pipeline}
+evals:
+  tasks: [ks2]
+  probes: [logreg]
+  upstreams: [mae_ast_patch:tiny]
+{extra}compare: false
+report: false
+"""
+
+
+def eval_recipe(tmp_path: Path, extra: str = "", pipeline: object = 1) -> Path:
+    path = tmp_path / "evals.yaml"
+    path.write_text(EVAL_ONLY.format(extra=extra, pipeline=pipeline))
+    return path
+
+
+@pytest.mark.parametrize("content", [b"[]", b'{"maebench_pipeline": 1, "stages": []}',
+                                     b'{"maebench_pipeline": 1, "recipe_hash": "x", "stages": {"eval/a": "done"}}',
+                                     b'{"maebench_pipeline": 1, "stages": {}, "recipe": "\xff\xfe"}', b"7"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_item10_a_corrupt_or_foreign_manifest_is_a_one_line_error(tmp_path, capsys, content, dry_run):
+    """Item 10: a hand-edited, non-UTF-8 or list-shaped manifest.json (also a user folder's own) is one line
+    naming it, dry run included; the file is left as it was."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_bytes(content)
+    code = main(["run", str(eval_recipe(tmp_path)), "--run-dir", str(run_dir), *(["--dry-run"] if dry_run else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and str(run_dir / "manifest.json") in err and err.count("\n") == 1, err
+    assert (run_dir / "manifest.json").read_bytes() == content
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("  probe_seeds: {logreg: many}\n", "evals.probe_seeds.logreg"),
+    ("  gpu_hours: {logreg: lots}\n", "evals.gpu_hours.logreg"),
+    ("  set: {logreg: 5}\n", "evals.set.logreg"),
+])
+def test_item11_recipe_values_of_the_wrong_type_are_refused_when_read(tmp_path, capsys, extra, needle):
+    """Item 11: checked when the recipe is read (--dry-run too), not a traceback mid-run."""
+    recipe = eval_recipe(tmp_path, extra)
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "run"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(recipe) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_item17_an_unknown_pipeline_format_is_refused(tmp_path, capsys):
+    """Item 17: `pipeline: 2` is not read as format 1."""
+    assert main(["run", str(eval_recipe(tmp_path, pipeline=2)), "--dry-run"]) == 2
+    assert "pipeline: 2" in capsys.readouterr().err
+
+
+def test_item14_compare_skips_a_results_file_of_wrong_types_naming_it(tmp_path, capsys):
+    """Item 14: wrong types in upstream.path / protocol.fields / protocol.settings_for, and an unknown format
+    (maebench_results: 99), are skipped with their name while the good results make the table; a FIFO named
+    results.json is not opened (it would hang)."""
+    good = hand_result(tmp_path / "res" / "good", {"name": "mae_ast_patch:tiny", "path": None})
+    bad = []
+    for name, change in (("path", {"upstream": {"name": "x", "path": 5}}),
+                         ("fields", {"protocol": {"fields": ["a"]}}),
+                         ("settings_for", {"protocol": {"settings_for": ["a"], "fields": {}}}),
+                         ("format", {"maebench_results": 99})):
+        path = hand_result(tmp_path / "res" / name, {"name": f"u-{name}"})
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, **change}))
+        bad.append(path)
+    (tmp_path / "res" / "fifo").mkdir()
+    os.mkfifo(tmp_path / "res" / "fifo" / "results.json")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "res"), "--out", str(out), "--no-png"]) == 0
+    err = capsys.readouterr().err
+    assert all(str(path) in err for path in bad), err
+    assert "upstream.path" in err and "protocol.fields" in err and "protocol.settings_for" in err and "99" in err
+    table = (out / "compare.md").read_text()
+    assert "mae_ast_patch:tiny" in table and "u-path" not in table and str(good) not in err
+
+
+def test_item12_output_paths_that_are_files_or_folders_are_one_line_errors(tmp_path, capsys):
+    """Item 12: `run --run-dir FILE`, `data manifest -o DIR`, `-o FILE/x.tsv`, `convert X FILE/sub`."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    clips = write_tone_clips(tmp_path / "clips", count=2)
+    cases = [
+        (["run", str(eval_recipe(tmp_path)), "--run-dir", str(a_file)], str(a_file)),
+        (["data", "manifest", str(clips), "-o", str(clips)], str(clips)),
+        (["data", "manifest", str(clips), "-o", str(a_file / "x.tsv")], str(a_file)),
+        (["convert", "mae_ast_patch:tiny", str(a_file / "sub")], str(a_file)),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert a_file.read_text() == "mine\n"
+
+
+def test_item15_a_cache_under_a_file_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """Item 15: MAEBENCH_CACHE under a file: one line naming it, not a raw OSError."""
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("MAEBENCH_CACHE", str(tmp_path / "a_file" / "cache"))
+    assert main(["eval", "--task", "ks2", "--upstream", "mae_ast_patch:tiny", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "a_file" / "cache") in err and "MAEBENCH_CACHE" in err and err.count("\n") == 1
+
+
+FULL_AND_READ_ONLY = r"""
+set -e
+mount -t tmpfs -o size=24m tmpfs "$MNT"
+mkdir "$MNT/ro_cache"
+mount -t tmpfs -o ro,size=64k tmpfs "$MNT/ro_cache"
+cd "$WORK"
+MAEBENCH_CACHE="$MNT/ro_cache" $PY -m maebench pretrain --data "$CLIPS" --max-steps 2 --batch-size 2 \
+    --run-dir "$MNT/run" --set "$TINY" --quiet > ro.out 2> ro.err && echo 0 > ro.rc || echo $? > ro.rc
+test -e "$MNT/run/checkpoints" && echo trained > ro.trained || true
+$PY -m maebench convert mae_ast_patch:tiny "$MNT/ck" --set depth=1 > /dev/null
+sha256sum "$MNT/ck/model.safetensors" "$MNT/ck/config.json" > before.sha
+head -c 40000000 /dev/zero > "$MNT/filler" 2> /dev/null || true
+$PY -m maebench convert mae_ast_patch:tiny "$MNT/ck" --set depth=2 --overwrite > full.out 2> full.err \
+    && echo 0 > full.rc || echo $? > full.rc
+sha256sum "$MNT/ck/model.safetensors" "$MNT/ck/config.json" > after.sha
+ls -a "$MNT" > listing.txt
+"""
+
+
+def test_item15_a_read_only_cache_is_refused_up_front_and_a_full_disk_is_one_line_with_the_old_data_intact(tmp_path):
+    """Item 15: with a read-only cache `pretrain` refuses before training (not after saving); a full disk while
+    replacing a checkpoint is a one-line error and the old checkpoint is intact. Run in a private mount namespace
+    (tmpfs mounts, no trace outside); skipped where namespaces or mounts are not allowed."""
+    from helpers import TINY_MODEL
+
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespaces here (needs root or user namespaces)")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "MNT": str(mnt), "WORK": str(tmp_path), "PY": sys.executable, "TINY": TINY_MODEL,
+           "CLIPS": str(write_tone_clips(tmp_path / "clips", count=4)), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", FULL_AND_READ_ONLY], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if "mount:" in done.stderr and not (tmp_path / "ro.rc").exists():
+        pytest.skip(f"mounting a tmpfs is not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    ro_err = (tmp_path / "ro.err").read_text()
+    assert (tmp_path / "ro.rc").read_text().strip() == "2", ro_err
+    assert "ro_cache" in ro_err and "not writable" in ro_err and ro_err.count("\n") == 1, ro_err
+    assert not (tmp_path / "ro.trained").exists()  # refused before any training
+    full_err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "2", full_err
+    assert "disk is full" in full_err and full_err.count("\n") == 1, full_err
+    before = [line.split()[0] for line in (tmp_path / "before.sha").read_text().splitlines()]
+    after = [line.split()[0] for line in (tmp_path / "after.sha").read_text().splitlines()]
+    assert before == after  # the old checkpoint, byte for byte
+    leftovers = [n for n in (tmp_path / "listing.txt").read_text().split() if n.startswith(".ck")]
+    assert leftovers == []  # no half-written staging folder left behind
+
+
+def test_item18_checkpoint_weights_follow_the_umask_like_the_config(tmp_path):
+    """Item 18: model.safetensors gets the same permissions as config.json (0644 under umask 022), so colleagues
+    sharing a run directory can read the weights."""
+    from maebench.upstream import save_upstream
+
+    previous = os.umask(0o022)
+    try:
+        directory = save_upstream(tiny_upstream(), tmp_path / "ck")
+    finally:
+        os.umask(previous)
+    modes = {name: (directory / name).stat().st_mode & 0o777 for name in ("model.safetensors", "config.json")}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}

@@ -109,7 +109,8 @@ def write_checkpoint(
 
     tmp = _new_dir(target, "tmp")
     try:
-        save_file(_unshared(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _save_weights(state_dict, tmp / WEIGHTS_FILE)
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes 0600; config.json follows the umask
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             fsync_path(tmp / name)
@@ -128,6 +129,24 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _save_weights(state_dict: Mapping[str, Tensor], path: Path) -> None:
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(_unshared(state_dict), str(path), metadata={"format": "pt"})
+    except Exception as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _new_dir(target: Path, tag: str) -> Path:

@@ -8,6 +8,7 @@ that are missing (maebench.downstream.evaluate). Prints a table and writes compa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -79,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
         raise MaebenchError("--task needs at least one --upstream to evaluate")
     if not args.results and not args.upstream:
         raise MaebenchError("nothing to compare: pass results directories and/or --upstream with --task")
-    results = find_results(args.results)
+    skipped: list[str] = []
+    results = find_results(args.results, skipped)
+    if skipped and not results:  # nothing readable: the first reason is the error
+        raise MaebenchError(skipped[0] + (f" (and {len(skipped) - 1} more unreadable)" if len(skipped) > 1 else ""))
+    for reason in skipped:  # the others still make a table
+        print(f"maebench compare: skipped {reason}", file=sys.stderr)
     found = len(results)
     fingerprints: dict[str, str] = {}  # spec -> its weights' fingerprint, computed when first needed
     out = Path(args.out)
