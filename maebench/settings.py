@@ -8,7 +8,8 @@ both go through the same rules:
   finite number (YAML 1.1 misses `3e-4`, so it is read here; nan and inf are errors); str: as given;
   Literal[...]: one of the choices; Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many
   comma-separated values (`0.9,0.98`, `[0.9, 0.98]`); tuple[X, ...]: any number of them; dict: a mapping (YAML
-  flow syntax from text; dict[K, V] checks each value as V); a dataclass: a mapping of its fields (parsed by these rules, unknown keys rejected).
+  flow syntax from text; dict[K, V] checks each value as V); a dataclass: a mapping of its fields (parsed by
+  these rules, unknown keys rejected).
 - an unknown key is a MaebenchError listing the keys that exist there; a bad value names the key and what it wants.
 """
 
