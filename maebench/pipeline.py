@@ -671,12 +671,14 @@ def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:
     """The run's own first `calibration_steps` steps (inside the lr warm-up, so they are the steps of the full
     schedule too), timed on the real data and machine: max_steps = budget / their median step time."""
     from maebench.trainer import train
+    from maebench.upstream.checkpoint import latest_checkpoint
 
     first = copy.deepcopy(cfg)
     timed = max(2, min(job["calibration_steps"], cfg.optim.warmup_steps or job["calibration_steps"]))
     first.train.max_steps = timed
     first.train.ckpt_every = min(cfg.train.ckpt_every, timed)
-    result = train(first, quiet=job["quiet"], threads=job["threads"], resume=True)
+    started = latest_checkpoint(first.default_run_dir(), resumable=True) is not None
+    result = train(first, quiet=job["quiet"], threads=job["threads"], resume=started)  # no "--resume" note when fresh
     step_s = training_speed(cfg.default_run_dir(), cfg.train.batch_size)["step_s"]
     step_s = step_s or result.wall_s / max(1, result.steps - result.start_step)  # no window past the first
     steps = max(10, timed, int(job["budget_seconds"] / step_s))  # 10: a loss curve, however short the budget

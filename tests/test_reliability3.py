@@ -526,3 +526,134 @@ def test_item18_checkpoint_weights_follow_the_umask_like_the_config(tmp_path):
         os.umask(previous)
     modes = {name: (directory / name).stat().st_mode & 0o777 for name in ("model.safetensors", "config.json")}
     assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
+
+
+GOOD_META = {"task_name": "tiny", "embedding_type": "scene", "prediction_type": "multiclass",
+             "split_mode": "trainvaltest", "evaluation": ["top1_acc"]}
+
+
+@pytest.mark.parametrize("metadata, vocabulary, needle", [
+    (5, None, "task_metadata.json"),
+    (None, None, "task_metadata.json"),  # JSON null (written as the literal below)
+    ({**GOOD_META, "splits": 5}, None, "splits"),
+    ({**GOOD_META, "evaluation": {}}, None, "evaluation"),
+    (GOOD_META, b"idx,label\n0,chien\n1,chat\xe9\n", "labelvocabulary.csv"),
+    (GOOD_META, b"idx,label\n0,dog\n0,cat\n1,bird\n", "idx"),
+])
+def test_item13_a_malformed_hear_task_is_a_one_line_error_naming_its_file(tmp_path, capsys, metadata, vocabulary,
+                                                                          needle):
+    """Item 13: malformed task_metadata.json (5, null, splits: 5, evaluation: {}), a non-UTF-8 vocabulary and a
+    duplicate idx (which silently dropped a class) are one-line errors naming the file, in eval and data check."""
+    from maebench.downstream.datasets import load_task
+
+    folder = write_hear_task(tmp_path / "task", metadata=GOOD_META, vocabulary=vocabulary)
+    if metadata is not GOOD_META:
+        (folder / "task_metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task(f"hear:{folder}")
+    one_line_error(excinfo, str(folder), needle)
+    assert main(["data", "check", "--task", f"hear:{folder}"]) == 2
+    assert "layout OK" not in capsys.readouterr().out
+
+
+def test_item13_an_empty_test_split_is_refused_by_data_check_and_eval(tmp_path, capsys):
+    """Item 13: test.json = {} : `data check` said OK and eval raised KeyError; now both name the split."""
+    from maebench.downstream.datasets import load_task
+
+    default = {split: {f"{split}{i}.wav": [("dog", "cat")[i % 2]] for i in range(4)} for split in ("train", "valid")}
+    folder = write_hear_task(tmp_path / "task", splits={**default, "test": {}})
+    with pytest.raises(MaebenchError) as excinfo:
+        load_task(f"hear:{folder}")
+    one_line_error(excinfo, "test", "no examples")
+    assert main(["data", "check", "--task", f"hear:{folder}"]) == 2
+    assert "layout OK" not in capsys.readouterr().out
+
+
+def non_utf8_copy(toy: Path, destination: Path) -> Path:
+    """A copy of the toy KS2 layout with one training clip renamed to a Latin-1 (not UTF-8) file name."""
+    import shutil
+
+    shutil.copytree(toy, destination)
+    listed = set()
+    for name in ("validation_list.txt", "testing_list.txt"):
+        listed |= set((destination / name).read_text().split())
+    clip = next(p for p in sorted(destination.rglob("*.wav")) if p.relative_to(destination).as_posix() not in listed
+                and p.parent.name != "_background_noise_")
+    os.rename(os.fsencode(clip), os.fsencode(clip.parent) + b"/caf\xe9_" + os.fsencode(clip.name))
+    return destination
+
+
+def test_item16_a_file_name_that_is_not_utf8(tmp_path, toy_ks2, capsys):
+    """Item 16: `data check` and `eval` agree (one line naming the file, before any extraction); `data manifest`
+    leaves it out saying why, not calling it "unreadable"."""
+    root = non_utf8_copy(toy_ks2, tmp_path / "ks2")
+    assert main(["data", "check", "--task", "ks2", "--data", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "caf\\xe9_" in err and "not valid UTF-8" in err and err.count("\n") == 1, err
+    assert main(["eval", "--task", "ks2", "--data", str(root), "--upstream", "mae_ast_patch:tiny",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "caf\\xe9_" in err and "not valid UTF-8" in err and err.count("\n") == 1, err
+    assert main(["data", "manifest", str(root), "-o", str(tmp_path / "m.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "not valid UTF-8" in out and "caf\\xe9_" in out and "unreadable" not in out
+    assert b"caf\xe9" not in (tmp_path / "m.tsv").read_bytes()
+
+
+def test_item17_a_relative_hear_module_name_is_a_one_line_error():
+    """Item 17: `--upstream hear:.relative` (importlib's TypeError before)."""
+    from maebench.upstream import load
+
+    with pytest.raises(MaebenchError) as excinfo:
+        load("hear:.relative")
+    one_line_error(excinfo, "'.relative'", "module name")
+
+
+def test_item17_a_manifest_length_must_be_ascii_digits(tmp_path):
+    """Item 17: a .tsv length of "²" passes str.isdigit() and then failed in int()."""
+    from maebench.manifest import read_manifest
+
+    clips = write_tone_clips(tmp_path / "clips", count=1)
+    tsv = tmp_path / "m.tsv"
+    tsv.write_text(f"{clips}\nclip_000.wav\t\u00b2\n", encoding="utf-8")
+    with pytest.raises(MaebenchError) as excinfo:
+        read_manifest(tsv)
+    one_line_error(excinfo, str(tsv), "line 2")
+
+
+def test_item17_a_dry_run_piped_into_head_is_not_a_traceback(tmp_path):
+    """Item 17: `maebench run demo --dry-run | head`: the reader is gone before the plan is written."""
+    reader_gone = subprocess.Popen([sys.executable, "-m", "maebench", "run", "demo", "--dry-run", "--run-dir",
+                                    str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()  # as `head` exiting: the plan's write meets a closed pipe
+    err = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+BUDGET = """\
+pipeline: 1
+pretrain:
+  m:
+    data: {data}
+    set: [model.name=mae_ast_patch, "model.overrides={{depth: 1, decoder_depth: 1, dim: 32, num_heads: 2,
+          ffn_dim: 64}}", train.batch_size=2, train.log_every=1, train.ckpt_every=2, data.clip_seconds=0.5,
+          data.num_workers=0]
+    budget_seconds: 0.001
+    calibration_steps: 2
+compare: false
+report: false
+"""
+
+
+def test_item17_a_fresh_budgeted_run_does_not_claim_a_resume(tmp_path, capfd):
+    """Item 17: the first run of a pipeline with a time budget printed "--resume: ... no checkpoint yet" (nobody
+    passed --resume); a fresh run says nothing of the kind."""
+    from maebench.pipeline import Runner, load_pipeline
+
+    recipe = tmp_path / "budget.yaml"
+    recipe.write_text(BUDGET.format(data=write_tone_clips(tmp_path / "clips", count=4)))
+    parsed, stages, path = load_pipeline(recipe)
+    assert Runner(parsed, stages, tmp_path / "run", path, quiet=True).run() == 0
+    captured = capfd.readouterr()
+    assert "no checkpoint yet" not in captured.out + captured.err
