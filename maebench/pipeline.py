@@ -5,6 +5,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
 
     RUN/manifest.json            what ran: each stage's status, timings, outputs (rewritten atomically)
     RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
+    RUN/.lock                    held by the live `maebench run` (a second one on RUN is refused, naming its pid)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
     RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
@@ -13,7 +14,8 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
 
 A stage whose manifest entry is "done" (and whose outputs still exist) is skipped; a failed stage is recorded with
 its error and the stages that do not depend on it still run, so one failure loses nothing else. Pretraining runs in
-a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly).
+a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly)
+that dies with this one (maebench.lifetime: `kill` or a SIGKILL of `maebench run` leaves no orphan training).
 A wall-clock `budget_seconds` is turned into a step count once: the run's own first steps (inside the lr warm-up)
 are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
 reused on every re-run, so an interrupted run resumes exactly to the same weights. With `evals.jobs` > 1 the
@@ -43,7 +45,6 @@ from maebench.errors import MaebenchError
 from maebench.settings import from_mapping
 
 MANIFEST = "manifest.json"
-RUN_LOCK = ".lock"  # RUN/.lock: flock-ed by the live `maebench run` of this directory (maebench.run_checkpoint)
 MANIFEST_FORMAT = 1
 INIT_SUFFIX = "@init"  # "mae_ast@init" in a recipe = the pretraining stage mae_ast's random init
 SUMMARY_KINDS = ("stats", "compare", "report")  # stages that read every evaluation: redone when one ran
@@ -270,10 +271,11 @@ class Runner:
         """Every stage in order; returns the number of failed or blocked stages (0 = all done). Holds RUN/.lock
         meanwhile: a second `maebench run` on the same directory is refused, naming this one's pid."""
         from maebench.run_checkpoint import RunLock
+        from maebench.upstream.checkpoint import RUN_LOCK_FILE
 
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise MaebenchError(f"run directory {self.run_dir} is a file: choose another --run-dir")
-        if self.run_dir.is_dir() and any(p.name != RUN_LOCK for p in self.run_dir.iterdir()) \
+        if self.run_dir.is_dir() and any(p.name != RUN_LOCK_FILE for p in self.run_dir.iterdir()) \
                 and not self.manifest.path.exists():
             raise MaebenchError(f"{self.run_dir} already holds files that are not a pipeline run (no {MANIFEST}): "
                                 "choose another --run-dir; nothing there was touched")

@@ -238,7 +238,7 @@ METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging wind
 RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
-RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` of this run (holds its pid)
+RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` (or `maebench run`) there (its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
