@@ -204,12 +204,11 @@ def _versions() -> dict[str, str]:
 def print_results_table(records: list[dict[str, Any]]) -> None:
     """The final summary: one row per evaluation."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="maebench eval")
-    for name, justify in (("task", "left"), ("upstream", "left"), ("probe", "left"), ("metric", "left"),
-                          ("score", "right"), ("std", "right"), ("runs", "right"), ("time", "right")):
-        table.add_column(name, justify=justify, overflow="fold")
+    from maebench.tables import new_table, print_table
+
+    table = new_table("maebench eval", ("task", "upstream", "probe", "metric", "score", "std", "runs", "time"),
+                      names=4)
     for record in records:
         table.add_row(
             record["task"], record["upstream"]["name"], record["probe"]["name"], record["metric"],
@@ -217,7 +216,7 @@ def print_results_table(records: list[dict[str, Any]]) -> None:
             f"{record['timings']['total_s']:.1f}s",
         )
     console = Console()
-    console.print(table)
+    print_table(table, console)
     for record in records:
         if record.get("results_path"):
             console.print(f"{record['task']}: {record['results_path']}", soft_wrap=True)

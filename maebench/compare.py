@@ -462,33 +462,21 @@ def render_csv(comparison: Comparison) -> str:
 
 
 def render_rich(comparison: Comparison, console: Any = None) -> None:
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+
+    from maebench.tables import new_table, print_table
 
     header, lines = _table_lines(comparison)
     notes = "".join(f"\n† {note}" for note in protocol_notes(comparison))
     merged = "".join(f"\n- {note}" for note in comparison.notes)
     caption = PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else "") + (f"\n{MERGE_NOTE}{merged}" if merged
                                                                           else "")
-    table = Table(title="maebench compare", caption=escape(caption))
-    for i, name in enumerate(header):  # names and numbers wrap on a narrow terminal, never lose characters
-        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    table = new_table("maebench compare", [escape(name) for name in header], caption=escape(caption))
     for line in lines:
         style = "dim" if line[0].endswith("(paper)") or line[0] == "  protocol" else (
             "italic" if line[0].startswith("  Δ") else None)
         table.add_row(*(escape(cell) for cell in line), style=style)
-    console = console or Console()
-    if not console.is_terminal:  # a pipe or a file has no width: print every name whole, on one line
-        from rich.measure import Measurement
-
-        wide = Console(width=100_000, file=console.file, color_system=None)
-        table.caption = None  # the caption wraps to the table's width; printed whole below it instead
-        width = Measurement.get(wide, wide.options, table).maximum
-        Console(width=max(width, 80), file=console.file, color_system=None).print(table)
-        wide.print(caption, soft_wrap=True, markup=False, highlight=False)
-        return
-    console.print(table)
+    print_table(table, console)
 
 
 def write_png(comparison: Comparison, path: str | Path) -> Path:

@@ -8,6 +8,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
     RUN/.lock                    held by the live `maebench run` (a second one on RUN is refused, naming its pid)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
     RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
+    RUN/pretrain/NAME.log        that pretraining's whole output (its manifest entry's "log")
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
     RUN/stats/                   per-layer feature statistics of every upstream (maebench.feature_stats)
     RUN/compare/, RUN/report/    the comparison table and the report (maebench.compare, maebench.report)
@@ -20,6 +21,10 @@ A wall-clock `budget_seconds` is turned into a step count once: the run's own fi
 are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
 reused on every re-run, so an interrupted run resumes exactly to the same weights. With `evals.jobs` > 1 the
 evaluations run in that many worker processes; only this process writes the manifest.
+
+What the pipeline prints is its own (maebench.pipeline_log): a line when each stage starts and one when it ends.
+A pipeline moves the latest-run pointer (`maebench eval` without --upstream) only when its recipe's `set_latest`
+names a pretraining stage.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from maebench import pipeline_log as log
 from maebench.atomic import write_text_atomic
 from maebench.errors import MaebenchError
 from maebench.settings import from_mapping
@@ -91,6 +97,7 @@ class Recipe:
     compare: bool = True
     feature_stats: bool = False  # per-layer token cosine and effective dimension of every upstream (the report's)
     report: bool = True
+    set_latest: str | None = None  # a pretrain stage that becomes the run `maebench eval` uses without --upstream
 
 
 @dataclass
@@ -136,6 +143,9 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
         if spec.endswith(INIT_SUFFIX) and spec not in known:
             raise MaebenchError(f"{origin}: evals.upstreams names {spec!r} but there is no pretrain stage "
                                 f"{spec[:-len(INIT_SUFFIX)]!r} ({', '.join(stages) or 'none defined'})")
+    if parsed.set_latest is not None and parsed.set_latest not in stages:
+        raise MaebenchError(f"{origin}: set_latest names {parsed.set_latest!r} but there is no such pretrain stage "
+                            f"({', '.join(stages) or 'none defined'})")
     if parsed.evals.jobs < 1:
         raise MaebenchError(f"{origin}: evals.jobs must be at least 1, got {parsed.evals.jobs}")
     bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune")]
@@ -258,6 +268,7 @@ class Runner:
     recipe_path: Path
     quiet: bool = False
     stages: list[Stage] = field(default_factory=list)
+    show_status: Callable[[str], None] = field(default=lambda text: None, repr=False)  # the running stage's bar
 
     def __post_init__(self) -> None:
         self.stages = plan(self.recipe, self.pretrain)
@@ -293,15 +304,19 @@ class Runner:
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
         estimates = _time_estimates(self.stages, self.pretrain, self.recipe.evals.jobs)
-        bad, ran = 0, False
+        bad, ran, skipped = 0, False, 0
+        log.say(f"maebench run {self.recipe_path.stem}", f"{len(self.stages)} stages in {self.run_dir}")
         with progress_bar(self.quiet, unit="s", fields=("stage",)) as progress:
             task = progress.add_task("pipeline", total=sum(estimates.values()), stage="")
             for group in self._groups():
                 summary = group[0].kind in SUMMARY_KINDS  # redone whenever a stage before them ran
                 todo = [s for s in group if not self.manifest.is_done(s.key) or (summary and ran)]
                 progress.advance(task, sum(estimates[s.key] for s in group if s not in todo))
+                skipped += len(group) - len(todo)
                 if not todo:
                     continue
+                if skipped and not ran:
+                    log.say("pipeline", f"{skipped} stage(s) done earlier are skipped (see {self.manifest.path})")
                 ran = True
                 if len(group) > 1:  # the evaluations, several at once
                     progress.update(task, stage=f"{len(todo)} evaluations, {self.recipe.evals.jobs} at a time")
@@ -309,16 +324,22 @@ class Runner:
                     continue
                 stage = todo[0]
                 progress.update(task, stage=stage.key)
-                child = stage.kind == "pretrain"  # the trainer's own bar (step, loss, ETA) shows meanwhile
-                if child:
-                    progress.stop()
-                    if not self.quiet:
-                        print(f"stage {stage.key}", file=sys.stderr, flush=True)
+                self.show_status = lambda text, key=stage.key: progress.update(task, stage=f"{key} {text}")
                 bad += self._run_stage(stage)
-                if child:
-                    progress.start()
                 progress.advance(task, estimates[stage.key])
+        if not ran:
+            log.say("pipeline", f"every stage was done earlier: nothing to run (see {self.manifest.path})")
+        self._set_latest()
         return bad
+
+    def _set_latest(self) -> None:
+        """The recipe's `set_latest` pretraining run becomes the one `maebench eval` uses without --upstream."""
+        from maebench.paths import record_latest_pretrain_run
+
+        name = self.recipe.set_latest
+        if name and self.manifest.is_done(f"pretrain/{name}"):
+            record_latest_pretrain_run(self.run_dir / "pretrain" / name)
+            log.say(f"pretrain/{name}", "now the latest pretraining run (`maebench eval` without --upstream uses it)")
 
     def _groups(self) -> list[list[Stage]]:
         """The stages in run order, one per group, except that with evals.jobs > 1 the evaluations form one group."""
@@ -354,6 +375,8 @@ class Runner:
                 items.setdefault((stage.params["upstream"], stage.params["task"]), []).append(stage)
         self._build_tasks({task for _, task in items})
         jobs = self.recipe.evals.jobs
+        started = time.perf_counter()
+        log.started("evaluations", f"{sum(len(group) for group in items.values())}, {jobs} at a time")
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
         with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
                                          initargs=(max(1, cpu_threads() // jobs), os.getpid())) as pool:
@@ -369,6 +392,8 @@ class Runner:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         self.manifest.order([s.key for s in self.stages])
+        log.say("evaluations", f"done in {log.duration(time.perf_counter() - started)}: {len(stages) - bad} of "
+                f"{len(stages)} finished" + (f", {bad} failed or blocked" if bad else ""))
         return bad
 
     def _build_tasks(self, tasks: set[str]) -> None:
@@ -385,29 +410,46 @@ class Runner:
 
     def _record_outcome(self, key: str, outcome: dict[str, Any]) -> int:
         self.manifest.record(key, **outcome)
-        if outcome["status"] == "done":
-            return 0
-        print(f"maebench run: stage {key} failed: {outcome['error']}", file=sys.stderr)
-        return 1
+        log.ended(key, outcome)
+        return 0 if outcome["status"] == "done" else 1
 
     def _run_stage(self, stage: Stage) -> int:
         failed = [n for n in stage.needs if not self.manifest.is_done(n)]
         if failed:
             self.manifest.record(stage.key, status="blocked", error=f"needs {', '.join(failed)}")
+            log.ended(stage.key, self.manifest.stages[stage.key])
             return 1
+        log.started(stage.key, self._stage_detail(stage))
         started = time.perf_counter()
+        extra = {"log": stage_log(stage.params["name"])} if stage.kind == "pretrain" else {}
         try:
             outputs = getattr(self, f"_do_{stage.kind}")(stage)
         except Exception as err:  # any failure (a bug too) is recorded and the independent stages still run
-            message = _error_text(err)
             if not isinstance(err, MaebenchError):
                 traceback.print_exc()
-            self.manifest.record(stage.key, status="failed", error=message,
-                                 seconds=round(time.perf_counter() - started, 1))
-            print(f"maebench run: stage {stage.key} failed: {message}", file=sys.stderr)
+            self.manifest.record(stage.key, status="failed", error=_error_text(err),
+                                 seconds=round(time.perf_counter() - started, 1), **extra)
+            log.ended(stage.key, self.manifest.stages[stage.key])
             return 1
-        self.manifest.record(stage.key, status="done", seconds=round(time.perf_counter() - started, 1), **outputs)
+        self.manifest.record(stage.key, status="done", seconds=round(time.perf_counter() - started, 1), **outputs,
+                             **extra)
+        log.ended(stage.key, self.manifest.stages[stage.key])
         return 0
+
+    def _stage_detail(self, stage: Stage) -> str:
+        """What the start line says about a stage: a pretraining's model, batch and budget; an evaluation's seeds."""
+        if stage.kind == "pretrain":
+            return self.pretrain_summary(stage.params["name"])  # its whole output: its manifest entry's "log"
+        if stage.kind == "eval":
+            return f"{stage.params['seeds']} seed(s)"
+        return ""
+
+    def pretrain_summary(self, name: str) -> str:
+        """`mae_ast_patch:tiny, batch 16, 90 s budget`: a pretraining stage in a few words."""
+        spec = self.pretrain[name]
+        cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
+        steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
+        return f"{cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
 
     # ---- the stage kinds (each returns the manifest fields of its entry)
 
@@ -420,7 +462,7 @@ class Runner:
         cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
         job = {"config": _config_dict(cfg), "budget_seconds": spec.budget_seconds, "threads": spec.threads,
                "calibration_steps": spec.calibration_steps,
-               "init_dir": str(init_dir(self.run_dir, name)), "quiet": self.quiet,
+               "init_dir": str(init_dir(self.run_dir, name)), "quiet": False,  # its output goes to its log
                "calibration": str(self.run_dir / "pretrain" / f"{name}.calibration.json"),
                "result": str(self.run_dir / "pretrain" / f"{name}.result.json"),
                "error": str(self.run_dir / "pretrain" / f"{name}.error.txt")}
@@ -430,12 +472,19 @@ class Runner:
         error = Path(job["error"])
         error.unlink(missing_ok=True)
         RunLock(cfg.default_run_dir(), wait_s=30).release()  # a killed run's child may still be dying: wait for it
-        code = _wait_for_child(subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)],
-                                                env=child_environment()))
+        log_path = self.run_dir / stage_log(name)  # the child's whole output, every attempt appended
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} pretrain/{name}\n")
+            out.flush()
+            env = {**child_environment(), "PYTHONUNBUFFERED": "1"}  # the child dies with this process
+            child = subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)], stdout=out,
+                                     stderr=subprocess.STDOUT, env=env)
+            code = _wait_for_child(child, lambda: self.show_status(log.training_status(
+                cfg.default_run_dir(), _calibrated_steps(Path(job["calibration"])))))
         if code != 0:
             reason = error.read_text().strip() if error.exists() else f"exited with status {code}"
-            raise MaebenchError(f"pretraining {name}: {reason} (re-running the same command resumes from its last "
-                                "checkpoint)")
+            raise MaebenchError(f"pretraining {name}: {reason} (its log: {log_path}; re-running the same command "
+                                "resumes from its last checkpoint)")
         result = json.loads(Path(job["result"]).read_text())
         calibration = json.loads(Path(job["calibration"]).read_text()) if Path(job["calibration"]).exists() else None
         speed = training_speed(cfg.default_run_dir(), cfg.train.batch_size)
@@ -544,14 +593,18 @@ def _error_text(err: BaseException) -> str:
     return str(err) if isinstance(err, MaebenchError) else f"{type(err).__name__}: {err}"
 
 
-def _wait_for_child(process: subprocess.Popen) -> int:
-    """The child's exit status. On Ctrl-C (which the child receives too) give it time to stop cleanly (its last
-    checkpoint is intact either way: checkpoints are written atomically), then re-raise. On SIGTERM (which the
-    child did not receive) stop the child first."""
+def _wait_for_child(process: subprocess.Popen, tick: Callable[[], None] | None = None) -> int:
+    """The child's exit status (`tick` is called every second meanwhile). On Ctrl-C (which the child receives too)
+    give it time to stop cleanly (its last checkpoint is intact either way: checkpoints are written atomically),
+    then re-raise. On SIGTERM (which the child did not receive) stop the child first."""
     from maebench.lifetime import Terminated
 
     try:
-        return process.wait()
+        while True:
+            try:
+                return process.wait(timeout=1.0 if tick else None)
+            except subprocess.TimeoutExpired:
+                tick()
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, Terminated):
             process.terminate()
@@ -560,6 +613,18 @@ def _wait_for_child(process: subprocess.Popen) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
         raise
+
+
+def _calibrated_steps(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["max_steps"]) if path.exists() else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def stage_log(name: str) -> str:
+    """A pretraining stage's log (its child process's whole output), relative to the run directory."""
+    return f"pretrain/{name}.log"
 
 
 def init_dir(run_dir: Path, name: str) -> Path:
@@ -586,7 +651,11 @@ def _config_dict(cfg) -> dict[str, Any]:
 
 def training_speed(run_dir: Path, batch_size: int) -> dict[str, float | None]:
     """Step time (median over logging windows, the first one, with start-up, left out), clips/s and the loss
-    curve, from RUN/metrics.jsonl: the whole run, including parts trained before an interruption."""
+    curve, from RUN/metrics.jsonl: the whole run, including parts trained before an interruption.
+
+    The loss curve is [step, loss, seconds]: seconds of training wall-clock time up to that step (the sum of the
+    logging windows' durations, so a resumed run's time adds up and the time between attempts does not count),
+    the x axis on which models of different step times compare fairly."""
     records = []
     path = run_dir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -594,16 +663,19 @@ def training_speed(run_dir: Path, batch_size: int) -> dict[str, float | None]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    per_step, previous = [], 0
+    per_step, previous, seconds, curve = [], 0, 0.0, []
     for record in records:
         steps = record["step"] - previous
-        if steps > 0 and record.get("clips_per_s") and previous > 0:
-            per_step.append(record["clips"] / record["clips_per_s"] / steps)
+        window_s = record["clips"] / record["clips_per_s"] if record.get("clips_per_s") else 0.0
+        if steps > 0 and window_s and previous > 0:
+            per_step.append(window_s / steps)
+        seconds += window_s
+        curve.append([record["step"], record["loss"], round(seconds, 3)])
         previous = record["step"]
     step_s = statistics.median(per_step) if per_step else None
     return {"step_s": step_s, "clips_per_s": batch_size / step_s if step_s else None,
             "steps": records[-1]["step"] if records else 0,
-            "loss_curve": [[r["step"], r["loss"]] for r in records]}
+            "loss_curve": curve}
 
 
 def _time_estimates(stages: list[Stage], pretrain: dict[str, PretrainStage], jobs: int = 1) -> dict[str, float]:
@@ -629,10 +701,7 @@ def describe_plan(runner: Runner) -> str:
         todo += 0.0 if done else stage.gpu_hours
         extra = ""
         if stage.kind == "pretrain":
-            spec = runner.pretrain[stage.params["name"]]
-            cfg = pretrain_config(spec, runner.run_dir / "pretrain" / stage.params["name"])
-            steps = f"{spec.budget_seconds:g} s budget" if spec.budget_seconds else f"{cfg.train.max_steps} steps"
-            extra = f"  {cfg.model.name}:{cfg.model.size}, batch {cfg.train.batch_size}, {steps}"
+            extra = f"  {runner.pretrain_summary(stage.params['name'])}"
         elif stage.kind == "eval":
             extra = f"  seeds {stage.params['seeds']}"
         lines.append(f"  [{'done' if done else 'todo'}] {stage.key:<44} {stage.gpu_hours:8.1f} GPU h{extra}")
@@ -664,7 +733,7 @@ def _child(job_path: Path) -> None:
         cfg.train.max_steps = json.loads(calibration.read_text())["max_steps"]
         cfg.train.ckpt_every = max(1, min(cfg.train.ckpt_every, cfg.train.max_steps // 4))
         resume = True  # the first steps ran with max_steps = the timed steps: continue them
-    result = train(cfg, quiet=job["quiet"], threads=job["threads"], resume=resume)
+    result = train(cfg, quiet=job["quiet"], threads=job["threads"], resume=resume, set_latest=False)
     fields = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("losses", "skipped")}
     write_text_atomic(job["result"], json.dumps(fields, indent=2, default=str) + "\n")
 
@@ -679,8 +748,8 @@ def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:
     timed = max(2, min(job["calibration_steps"], cfg.optim.warmup_steps or job["calibration_steps"]))
     first.train.max_steps = timed
     first.train.ckpt_every = min(cfg.train.ckpt_every, timed)
-    started = latest_checkpoint(first.default_run_dir(), resumable=True) is not None
-    result = train(first, quiet=job["quiet"], threads=job["threads"], resume=started)  # no "--resume" note when fresh
+    resume = latest_checkpoint(cfg.default_run_dir(), resumable=True) is not None  # an interrupted calibration
+    result = train(first, quiet=job["quiet"], threads=job["threads"], resume=resume, set_latest=False)
     step_s = training_speed(cfg.default_run_dir(), cfg.train.batch_size)["step_s"]
     step_s = step_s or result.wall_s / max(1, result.steps - result.start_step)  # no window past the first
     steps = max(10, timed, int(job["budget_seconds"] / step_s))  # 10: a loss curve, however short the budget

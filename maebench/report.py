@@ -336,15 +336,7 @@ def write_figures(summary: dict[str, Any], out: Path) -> dict[str, str]:
     figures: dict[str, str] = {}
     curves = {n: c for n, c in summary.get("loss_curves", {}).items() if c}
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, curve in curves.items():
-            ax.plot([s for s, _ in curve], [v for _, v in curve], label=name)
-        ax.set(xlabel="step", ylabel="pretraining loss", title="pretraining loss")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "loss.png", dpi=100)
-        plt.close(fig)
-        figures["pretraining loss"] = "loss.png"
+        figures["pretraining loss, by step and by training seconds"] = _loss(plt, curves, out / "loss.png")
     cells = [Cell(**c) for c in summary["scores"]]
     for probe in dict.fromkeys(c.probe for c in cells):
         chosen = [c for c in cells if c.probe == probe]
@@ -356,6 +348,25 @@ def write_figures(summary: dict[str, Any], out: Path) -> dict[str, str]:
     if stats.get("upstreams"):
         figures[FEATURES_FIGURE] = _features(plt, stats["upstreams"], out / "features.png")
     return figures
+
+
+def _loss(plt, curves: dict[str, list[list[float]]], path: Path) -> str:
+    """Loss by optimizer step (left) and by training wall-clock seconds (right: models whose steps cost different
+    times compare fairly only there). A curve's points are [step, loss, seconds]; older runs have no seconds."""
+    timed = {name: curve for name, curve in curves.items() if all(len(point) > 2 for point in curve)}
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6, 4), squeeze=False, sharey=True)
+    for name, curve in curves.items():
+        axes[0, 0].plot([p[0] for p in curve], [p[1] for p in curve], label=name)
+    axes[0, 0].set(xlabel="optimizer step", ylabel="pretraining loss", title="pretraining loss by step")
+    for name, curve in timed.items():
+        axes[0, 1].plot([p[2] for p in curve], [p[1] for p in curve], label=name)
+    if timed:
+        axes[0, 1].set(xlabel="training wall-clock seconds", title="by training time (equal budgets: the fair view)")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
 
 
 def _bars(plt, cells: list[Cell], path: Path) -> str:

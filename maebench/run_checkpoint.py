@@ -229,13 +229,14 @@ def decide_run_dir(run_dir: Path, config_hash: str, *, resume: bool, overwrite: 
         what = ", ".join(deleted) if deleted else "nothing to delete"
         return RunDirDecision(None, [f"--overwrite: deleted from {run_dir}: {what}"])
     if latest is None:
-        note = [f"--resume: {run_dir} has no checkpoint yet, starting from step 0"] if resume else []
+        note = [f"--resume: nothing to resume in {run_dir} (no checkpoint yet): starting a fresh run"] if resume else []
         return RunDirDecision(None, note)
     saved_hash = load_trainer_state(latest).get("config_hash")
     if saved_hash == config_hash:
         return RunDirDecision(latest, [f"resuming from {latest}"])
     if resume:
-        return RunDirDecision(latest, [f"resuming from {latest} with a changed config (--resume)"])
+        return RunDirDecision(latest, [f"resuming from {latest} with a changed config (--resume): "
+                                       f"{_differences(run_dir, config)}"])
     raise MaebenchError(
         f"run directory {run_dir} holds checkpoints of a different configuration ({_differences(run_dir, config)}): "
         "pass --resume to continue it with this config, --overwrite to start over, or choose another --run-dir"

@@ -656,4 +656,5 @@ def test_item17_a_fresh_budgeted_run_does_not_claim_a_resume(tmp_path, capfd):
     parsed, stages, path = load_pipeline(recipe)
     assert Runner(parsed, stages, tmp_path / "run", path, quiet=True).run() == 0
     captured = capfd.readouterr()
-    assert "no checkpoint yet" not in captured.out + captured.err
+    logs = "".join(path.read_text() for path in (tmp_path / "run").rglob("*.log"))  # the child's output
+    assert "no checkpoint yet" not in captured.out + captured.err + logs

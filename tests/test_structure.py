@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"maebench": "maebench", "upstream": "maebench.upstream", "downstream": "maebench.downstream"}
 # Small utilities every layer above the models may use; they import only each other and the models.
 CORE = {"maebench", "maebench.errors", "maebench.atomic", "maebench.paths", "maebench.audio", "maebench.settings",
-        "maebench.progress"}
+        "maebench.progress", "maebench.tables"}
 MAX_FUNCTION_LINES = 80
 
 

@@ -124,12 +124,12 @@ def _logreg_dev_score(task, x_train, train_labels, dev: FeatureSet | None, layer
 
 def _print_layer_curve(task, fold, rows: list[dict], best: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"logreg per layer: {task.name} {fold.name} ({task.metric}, %)")
-    for name in ("layer", "best C", "dev", "test"):
-        table.add_column(name, justify="right")
+    from maebench.tables import new_table, print_table
+
+    table = new_table(f"logreg per layer: {task.name} {fold.name} ({task.metric}, %)",
+                      ("layer", "best C", "dev", "test"))
     for row in rows:
         style = "bold green" if row is best else None
         table.add_row(str(row["layer"]), f"{row['C']:g}", f"{row['dev']:.2f}", f"{row['test']:.2f}", style=style)
-    Console(stderr=True).print(table)
+    print_table(table, Console(stderr=True))

@@ -73,16 +73,15 @@ def run(args: argparse.Namespace) -> int:
 def _report(console, args: argparse.Namespace, task, fold, settings, cached, cached_s: float,
             live: tuple[float, float | None], live_s: float) -> None:
     """The comparison table, the upstream forward counts and the verdict on both targets."""
-    from rich.table import Table
+    from maebench.tables import new_table, print_table
 
     live_score, live_dev = live
-    table = Table(title=f"cached vs live linear probe ({task.name}, {task.metric} %)")
-    for name in ("run", "wall s", "extract s", "test", "dev"):
-        table.add_column(name, justify="right" if name != "run" else "left")
+    table = new_table(f"cached vs live linear probe ({task.name}, {task.metric} %)",
+                      ("run", "wall s", "extract s", "test", "dev"))
     table.add_row("cached (cold cache)", f"{cached_s:.1f}", f"{cached.timings['extract_s']:.1f}",
                   f"{cached.score:.2f}", f"{cached.dev_score or 0:.2f}")
     table.add_row("live upstream (s3prl way)", f"{live_s:.1f}", "-", f"{live_score:.2f}", f"{live_dev or 0:.2f}")
-    console.print(table)
+    print_table(table, console)
     evaluations = len(range(args.eval_every, args.steps + 1, args.eval_every)) + (args.steps % args.eval_every != 0)
     live_clips = (args.steps * settings.batch_size * settings.grad_accum
                   + evaluations * len(fold.dev) + len(fold.test))

@@ -154,10 +154,10 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from rich.console import Console
-    from rich.table import Table
 
     from maebench.errors import MaebenchError
     from maebench.fairseq2_data import INSTALL_HINT, fairseq2_available
+    from maebench.tables import new_table, print_table
 
     if min(args.clips, args.batch_size, args.batches, args.repeats) < 1 or args.seconds <= 0:
         raise MaebenchError("bench data needs --clips, --batch-size, --batches and --repeats >= 1 and --seconds > 0")
@@ -176,12 +176,11 @@ def run(args: argparse.Namespace) -> int:
                     job = dict(paths=paths, loader=loader, cores=cores, batch_size=args.batch_size,
                                seconds=args.seconds, repeats=args.repeats, batches=args.batches)
                     results[fmt, loader, cores] = _run_child(job)
-    table = Table(title=f"delivered {args.seconds:g} s clips/s ({args.batches} batches of {args.batch_size} "
-                        f"from {args.clips} clips, start-up included)")
-    for column in ("format", "cores", *(f"{name} clips/s" for name in loaders), *(f"{name} /core" for name in loaders)):
-        table.add_column(column, justify="right")
-    if len(loaders) == 2:
-        table.add_column("fairseq2 / torch", justify="right")
+    ratio = ["fairseq2 / torch"] if len(loaders) == 2 else []
+    table = new_table(f"delivered {args.seconds:g} s clips/s ({args.batches} batches of {args.batch_size} "
+                      f"from {args.clips} clips, start-up included)",
+                      ("format", "cores", *(f"{name} clips/s" for name in loaders),
+                       *(f"{name} /core" for name in loaders), *ratio), names=2)
     for fmt in formats:
         for cores in counts:
             speeds = [results[fmt, loader, cores] for loader in loaders]
@@ -189,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             if len(loaders) == 2:
                 cells.append(f"{speeds[1] / speeds[0]:.2f}x" if speeds[0] > 0 else "-")
             table.add_row(*cells)
-    console.print(table)
+    print_table(table, console)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     note = f"load average {load[0]:.1f} on {len(available_cores())} core(s)" if load else ""
     console.print(f"target: {TARGET_PER_CORE:.0f} clips/s per core of 16 kHz FLAC from the faster loader; {note}")

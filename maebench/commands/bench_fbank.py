@@ -69,11 +69,11 @@ def _interleaved_timings(fns: dict, repeats: int, synchronize) -> dict[str, tupl
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
-    from rich.table import Table
     from torchaudio.compliance import kaldi
 
     from maebench.commands.bench_pretrain import relative_speed
     from maebench.errors import MaebenchError
+    from maebench.tables import new_table, print_table
     from maebench.upstream.frontend import MAE_AST_FBANK, SSAST_FBANK, fbank_batch
 
     if args.batch < 1 or args.seconds <= 0 or args.repeats < 1:
@@ -112,18 +112,14 @@ def run(args: argparse.Namespace) -> int:
     max_diff = float((feats - reference).abs().max())
     (loop_s, loop_cpu), (batch_s, batch_cpu) = timings["loop"], timings["batched"]
 
-    table = Table(title=f"Kaldi fbank, {args.batch} x {args.seconds:g} s on {device} ({args.config}, "
-                        f"{torch.get_num_threads()} threads, median of {args.repeats})")
-    table.add_column("implementation")
-    table.add_column("batch ms", justify="right")
-    table.add_column("ms / clip", justify="right")
-    table.add_column("speed", justify="right")
-    table.add_column("CPU ms", justify="right")
+    table = new_table(f"Kaldi fbank, {args.batch} x {args.seconds:g} s on {device} ({args.config}, "
+                      f"{torch.get_num_threads()} threads, median of {args.repeats})",
+                      ("implementation", "batch ms", "ms / clip", "speed", "CPU ms"))
     table.add_row("torchaudio kaldi.fbank loop", f"{loop_s * 1e3:.1f}", f"{loop_s * 1e3 / args.batch:.3f}", "reference",
                   f"{loop_cpu * 1e3:.1f}")
     table.add_row("maebench fbank_batch", f"{batch_s * 1e3:.1f}", f"{batch_s * 1e3 / args.batch:.3f}",
                   relative_speed(loop_s / batch_s), f"{batch_cpu * 1e3:.1f}")
     console = Console()
-    console.print(table)
+    print_table(table, console)
     console.print(f"frames per clip: {int(frame_lens[0])}; max abs difference: {max_diff:.2e}")
     return 0

@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from maebench.downstream.datasets import check_layout
     from maebench.errors import MaebenchError
+    from maebench.tables import new_table, print_table
 
     report = check_layout(args.task, args.data, deep=args.deep)
     folds = report["folds"]
@@ -38,20 +38,16 @@ def run(args: argparse.Namespace) -> int:
     kind = "multi-label, " if report["multilabel"] else ""
     console.print(f"[bold]{args.task}[/bold] at {report['root']}{' (toy)' if report['toy'] else ''}: "
                   f"{len(report['classes'])} classes, {kind}{report['metric']}, {report['files']} audio files, "
-                  "layout OK")
-    splits = Table(title="examples per fold and split")
-    for column in ("fold", "train", "dev", "test"):
-        splits.add_column(column, justify="left" if column == "fold" else "right")
+                  "layout OK", soft_wrap=True)
+    splits = new_table("examples per fold and split", ("fold", "train", "dev", "test"))
     for name, counts in folds.items():
         splits.add_row(name, *(str(counts[s]["total"]) for s in ("train", "dev", "test")))
-    console.print(splits)
+    print_table(splits, console)
     label = "label occurrences" if report["multilabel"] else "examples"
-    classes = Table(title=f"{label} per class ({fold})")
-    for column in ("class", "train", "dev", "test"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
+    classes = new_table(f"{label} per class ({fold})", ("class", "train", "dev", "test"))
     for name in report["classes"][: args.max_classes]:
         classes.add_row(name, *(str(folds[fold][s]["per_class"][name]) for s in ("train", "dev", "test")))
-    console.print(classes)
+    print_table(classes, console)
     hidden = len(report["classes"]) - args.max_classes
     if hidden > 0:
         console.print(f"... {hidden} more classes (--max-classes to show them)")

@@ -54,7 +54,9 @@ def run_recipe(recipe: str, args: argparse.Namespace) -> int:
     parsed, pretrain, path = load_pipeline(recipe, pretrain_data=getattr(args, "pretrain_data", None),
                                            eval_data=getattr(args, "eval_data", None))
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / "pipeline" / path.stem
-    runner = Runner(parsed, pretrain, run_dir, path, quiet=args.quiet or not sys.stderr.isatty())
+    # the bar only when both streams are a terminal: it would carry the stage lines to stderr otherwise
+    quiet = args.quiet or not sys.stderr.isatty() or not sys.stdout.isatty()
+    runner = Runner(parsed, pretrain, run_dir, path, quiet=quiet)
     if args.dry_run:
         print(describe_plan(runner))
         return 0
@@ -68,25 +70,23 @@ def _print_outcome(runner, bad: int) -> None:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from maebench.report import score_table
+    from maebench.tables import new_table, print_table
 
     console = Console()
     summary_path = runner.run_dir / "report" / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         header, rows = score_table(summary)
-        table = Table(title=f"maebench run {runner.recipe_path.stem}")
-        for name in header:
-            table.add_column(name, justify="left" if name in ("upstream", "probe") else "right")
+        table = new_table(f"maebench run {runner.recipe_path.stem}", header, names=2)
         for row in rows:
             table.add_row(*row)
-        console.print(table)
+        print_table(table, console)
         ratio = summary.get("ssast_over_mae_ast_step_time")
         speed = f"; SSAST / MAE-AST step time {ratio:.2f}x" if ratio else ""
         console.print(f"wins of {summary.get('wins_of')} over its random init (logreg): {summary['wins']} of "
-                      f"{summary['tasks_compared']} tasks{speed}")
+                      f"{summary['tasks_compared']} tasks{speed}", soft_wrap=True)
         console.print(f"report: {runner.run_dir / 'report' / 'report.md'}", soft_wrap=True)
     if bad:
         failed = [k for k, e in runner.manifest.stages.items() if e.get("status") in ("failed", "blocked")]
