@@ -21,11 +21,13 @@ from typing import Any
 import torch
 
 from maebench.atomic import write_text_atomic
+from maebench.downstream.feature_cache import NonFiniteFeatures
 from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
 from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
 from maebench.errors import MaebenchError
+from maebench.paths import usable_dir
 from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
 from maebench.upstream.interface import Upstream
 
@@ -95,6 +97,7 @@ def evaluate(
     if seeds < 1:
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
+    out_dir = usable_dir(out_dir if out_dir is not None else DEFAULT_OUT, "--out")  # before any work
     task = load_task(task_name, data_root)
     model, identity = resolve_upstream(upstream_spec)
     family = protocol_family(model)
@@ -111,15 +114,17 @@ def evaluate(
     for fold in task.folds:
         for seed in range(seeds):
             run_model = copy.deepcopy(model) if probe == "finetune" else model
-            result = run_probe(probe, run_model, task, fold, seed=seed, settings=copy.deepcopy(settings),
-                               quiet=quiet, cache_options=cache_options, num_workers=num_workers)
+            try:
+                result = run_probe(probe, run_model, task, fold, seed=seed, settings=copy.deepcopy(settings),
+                                   quiet=quiet, cache_options=cache_options, num_workers=num_workers)
+            except NonFiniteFeatures as err:  # named by the spec the user gave
+                raise NonFiniteFeatures(identity["name"], err.example) from None
             results.append((fold.name, seed, result))
             del run_model
 
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     record["protocol"] = protocol
-    run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
-                          f"{task.name}-{upstream_slug(identity)}-{probe}")
+    run_dir = new_run_dir(out_dir, f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
     write_text_atomic(results_path, strict_json(record))
     if show_table and not quiet:

@@ -94,6 +94,15 @@ def feature_key(
     return key, description
 
 
+class NonFiniteFeatures(MaebenchError):
+    """The upstream gave NaN or infinite features: a probe would score them at chance without a word."""
+
+    def __init__(self, upstream: str, example: str) -> None:
+        self.example = example
+        super().__init__(f"upstream {upstream} gave NaN or infinite features (batch with {example}): its weights or "
+                         "code are broken; fix or replace the upstream (no features or results were written)")
+
+
 def task_examples(task) -> list:
     """Every distinct example of the task (by `example_key`), fold by fold and split by split, so each split of
     a single-split task is one contiguous block of rows."""
@@ -242,6 +251,9 @@ def _extract_to(
                 hidden = features.hidden_states if layers is None else [features.hidden_states[i] for i in layers]
                 frame_lens = features.lens.to(device)
                 pooled = torch.stack([masked_mean(h.float(), frame_lens) for h in hidden], dim=1)
+                if not bool(torch.isfinite(pooled).all()):
+                    raise NonFiniteFeatures(getattr(upstream, "family", type(upstream).__name__),
+                                            example_key(examples[int(indices[0])]))
                 if out is None:
                     out = np.lib.format.open_memmap(
                         path, mode="w+", dtype=np.float32, shape=(len(examples), *pooled.shape[1:]),

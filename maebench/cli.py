@@ -7,8 +7,10 @@ Each leaf module in `maebench.commands` defines a module docstring (its help), `
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("maebench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout piped into a reader that stopped early (`maebench run X --dry-run | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"maebench: error: the disk is full{where}: free some space (or point --out / MAEBENCH_CACHE at another "
+              "disk) and run the same command again; files written before are intact", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class Result:
     protocol: dict[str, Any] | None = None  # results.json "protocol" (None: not recorded, 0.1.0)
     data_root: str | None = None  # results.json data.root: the dataset the score was measured on
     hparams: dict[str, Any] | None = None  # results.json probe.hparams: the probe settings used
+    fingerprint: str | None = None  # results.json upstream.fingerprint: the weights evaluated
 
 
 def protocol_label(result: Result) -> str:
@@ -166,9 +167,30 @@ def _number(value: Any, path: Path, key: str) -> float:
     return float(value)
 
 
+RESULTS_FORMAT = 1  # results.json "maebench_results" (maebench.downstream.evaluate writes it)
+_OPTIONAL_TYPES = (  # (where, key, accepted types) of fields the table uses beyond the numbers
+    ("upstream", "path", (str, type(None))), ("upstream", "fingerprint", (str, type(None))),
+    ("protocol", "fields", (dict, type(None))), ("protocol", "settings_for", (str, type(None))),
+    ("probe", "hparams", (dict, type(None))), ("data", "root", (str, type(None))),
+)
+
+
+def _check_types(data: dict[str, Any], upstream: dict[str, Any], path: Path) -> None:
+    """A field of the wrong type (a hand edit, another tool) is named here, not a TypeError in the table."""
+    for where, key, types_ in _OPTIONAL_TYPES:
+        section = upstream if where == "upstream" else data.get(where)
+        if isinstance(section, dict) and not isinstance(section.get(key), types_):
+            wanted = " or ".join("null" if t is type(None) else {"str": "a string", "dict": "an object"}[t.__name__]
+                                 for t in types_)
+            raise MaebenchError(f"{path}: {where}.{key} must be {wanted}, got {section[key]!r}; the results file "
+                                "is corrupt: re-run that evaluation or move it away")
+
+
 def read_result(path: str | Path) -> Result:
     """Parse one results.json (MaebenchError naming the file and field if it is not one)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read
+        raise MaebenchError(f"{path}: not a regular file; results.json files are plain files written by maebench")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -178,7 +200,11 @@ def read_result(path: str | Path) -> Result:
     for key in ("task", "metric", "score", "upstream"):
         if key not in data:
             raise MaebenchError(f"{path}: missing field {key!r}; the results file is incomplete")
+    if data["maebench_results"] != RESULTS_FORMAT:
+        raise MaebenchError(f"{path}: results format {data['maebench_results']!r} is not one this maebench reads "
+                            f"({RESULTS_FORMAT}); use the maebench that wrote it, or re-run the evaluation")
     upstream = data["upstream"] if isinstance(data["upstream"], dict) else {"name": str(data["upstream"])}
+    _check_types(data, upstream, path)
     probe = data.get("probe") or {}
     std = data.get("std")
     dataset = data["data"] if isinstance(data.get("data"), dict) else {}
@@ -198,21 +224,29 @@ def read_result(path: str | Path) -> Result:
         protocol=data["protocol"] if isinstance(data.get("protocol"), dict) else None,
         data_root=None if dataset.get("root") is None else str(dataset["root"]),
         hparams=hparams if isinstance(hparams, dict) else None,
+        fingerprint=upstream.get("fingerprint") if isinstance(upstream.get("fingerprint"), str) else None,
     )
 
 
-def find_results(paths: list[str | Path]) -> list[Result]:
-    """Every results.json in `paths` (files, or directories searched recursively)."""
+def find_results(paths: list[str | Path], skipped: list[str] | None = None) -> list[Result]:
+    """Every results.json in `paths` (files, or directories searched recursively; regular files only). With
+    `skipped`, a file that is not a valid results file is left out and its reason appended there."""
     found: list[Result] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_file():
-            found.append(read_result(path))
-        elif path.is_dir():
-            files = sorted(path.rglob("results.json"))
-            found.extend(read_result(f) for f in files)
+        if path.is_dir():
+            files = [f for f in sorted(path.rglob("results.json")) if f.is_file()]
+        elif path.exists():
+            files = [path]
         else:
             raise MaebenchError(f"results path {path} does not exist; pass results directories or results.json files")
+        for file in files:
+            try:
+                found.append(read_result(file))
+            except MaebenchError as err:
+                if skipped is None:
+                    raise
+                skipped.append(str(err))
     return found
 
 

@@ -58,7 +58,8 @@ def read_manifest(path: str | Path) -> list[AudioItem]:
         if not line.strip():
             continue
         fields = line.rstrip("\r\n").split("\t")
-        if len(fields) != 2 or not fields[0] or not fields[1].strip().isdigit():
+        length = fields[1].strip() if len(fields) == 2 else ""
+        if len(fields) != 2 or not fields[0] or not (length.isascii() and length.isdigit()):  # not "²"
             raise MaebenchError(
                 f"manifest {path} line {number}: expected 'relpath<TAB>num_samples', got {line[:80]!r}; "
                 f"fix that line or {_HOW_TO_MAKE}"
@@ -96,6 +97,12 @@ def write_manifest(
         print(f"left out {len(unlistable)} file(s) whose names contain a tab or line break, which a .tsv manifest "
               f"cannot hold (rename them to include them): {shown}{' ...' if len(unlistable) > 3 else ''}")
         files = [file for file in files if file not in set(unlistable)]
+    undecodable = [file for file in files if not _utf8(file)]
+    if undecodable:  # the audio decoder cannot open them, nor can a UTF-8 manifest name them
+        shown = ", ".join(os.fsencode(file).decode("utf-8", "backslashreplace") for file in undecodable[:3])
+        print(f"left out {len(undecodable)} file(s) whose names are not valid UTF-8 (rename them to include them): "
+              f"{shown}{' ...' if len(undecodable) > 3 else ''}")
+        files = [file for file in files if file not in set(undecodable)]
     entries: list[tuple[str, int]] = []
     skipped: list[Path] = []
     for file in track(files, "reading headers", quiet=not progress, unit="files"):
@@ -139,6 +146,14 @@ def read_json_list(path: str | Path) -> list[AudioItem]:
             raise MaebenchError(f"json list {path}: entry {number} has no \"wav\" path; {how}")
         items.append(AudioItem(path.parent / wav))  # an absolute wav path stays absolute
     return items
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _find_files(directory: Path, extensions: Sequence[str]) -> list[Path]:

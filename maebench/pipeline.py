@@ -5,6 +5,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
 
     RUN/manifest.json            what ran: each stage's status, timings, outputs (rewritten atomically)
     RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
+    RUN/.lock                    held by the live `maebench run` (a second one on RUN is refused, naming its pid)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
     RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
     RUN/pretrain/NAME.log        that pretraining's whole output (its manifest entry's "log")
@@ -14,7 +15,8 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
 
 A stage whose manifest entry is "done" (and whose outputs still exist) is skipped; a failed stage is recorded with
 its error and the stages that do not depend on it still run, so one failure loses nothing else. Pretraining runs in
-a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly).
+a child process (its own peak memory; an interrupt leaves its last checkpoint, from which a re-run resumes exactly)
+that dies with this one (maebench.lifetime: `kill` or a SIGKILL of `maebench run` leaves no orphan training).
 A wall-clock `budget_seconds` is turned into a step count once: the run's own first steps (inside the lr warm-up)
 are timed on the real data, max_steps = budget / step time is recorded in RUN/pretrain/NAME.calibration.json and
 reused on every re-run, so an interrupted run resumes exactly to the same weights. With `evals.jobs` > 1 the
@@ -124,6 +126,13 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
                             f"`maebench pretrain --recipe {path}`, or pick a pipeline recipe such as demo")
     origin = f"recipe {path}"
     parsed = from_mapping(Recipe, data, origin=origin, kind="pipeline key")
+    if parsed.pipeline != 1:
+        raise MaebenchError(f"{origin}: pipeline: {parsed.pipeline} is not a pipeline format this maebench reads "
+                            "(1); write `pipeline: 1`")
+    bad_sets = [probe for probe, values in parsed.evals.set.items() if not isinstance(values, dict)]
+    if bad_sets:
+        raise MaebenchError(f"{origin}: evals.set.{bad_sets[0]} must be a mapping of probe settings, e.g. "
+                            f"`set: {{{bad_sets[0]}: {{max_steps: 500}}}}`")
     stages = {str(name): from_mapping(PretrainStage, fields or {}, origin=origin, kind="pretrain key",
                                       prefix=f"pretrain.{name}.") for name, fields in parsed.pretrain.items()}
     for spec in stages.values():
@@ -178,17 +187,20 @@ class Manifest:
 
     def __init__(self, run_dir: Path, recipe_name: str, recipe_hash: str) -> None:
         self.path = run_dir / MANIFEST
+        self.recipe_hash = recipe_hash
         self.data: dict[str, Any] = {"maebench_pipeline": MANIFEST_FORMAT, "recipe": recipe_name,
                                      "recipe_hash": recipe_hash, "stages": {}}
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise MaebenchError(f"{self.path} is unreadable ({err}): move it away to start the run again") from None
-            if saved.get("recipe_hash") != recipe_hash:
-                raise MaebenchError(f"{run_dir} holds a run of another recipe ({saved.get('recipe')}, or an edited "
-                                    "one): choose another --run-dir, or move that directory away")
-            self.data = saved
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the saved manifest, if any: a corrupt one, or one of another recipe, is refused (one line)."""
+        if not self.path.exists():
+            return
+        saved = read_manifest(self.path)
+        if saved.get("recipe_hash") != self.recipe_hash:
+            raise MaebenchError(f"{self.path.parent} holds a run of another recipe ({saved.get('recipe')}, or an "
+                                "edited one): choose another --run-dir, or move that directory away")
+        self.data = saved
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
@@ -223,6 +235,22 @@ class Manifest:
         write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A pipeline manifest.json, checked: an object whose `stages` maps stage keys to objects."""
+    advice = "move it away to start the run again (or choose another --run-dir)"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MaebenchError(f"{path} is unreadable ({reason}): {advice}") from None
+    stages = saved.get("stages") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or "maebench_pipeline" not in saved or not isinstance(stages, dict) \
+            or not all(isinstance(entry, dict) for entry in stages.values()):
+        raise MaebenchError(f"{path} is not a maebench pipeline manifest (an object with a `stages` object of "
+                            f"stage entries): {advice}")
+    return saved
+
+
 def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
@@ -251,13 +279,27 @@ class Runner:
         self.recipe_text = text
 
     def run(self) -> int:
-        """Every stage in order; returns the number of failed or blocked stages (0 = all done)."""
-        from maebench.progress import progress_bar
+        """Every stage in order; returns the number of failed or blocked stages (0 = all done). Holds RUN/.lock
+        meanwhile: a second `maebench run` on the same directory is refused, naming this one's pid."""
+        from maebench.run_checkpoint import RunLock
+        from maebench.upstream.checkpoint import RUN_LOCK_FILE
 
-        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not self.manifest.path.exists():
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise MaebenchError(f"run directory {self.run_dir} is a file: choose another --run-dir")
+        if self.run_dir.is_dir() and any(p.name != RUN_LOCK_FILE for p in self.run_dir.iterdir()) \
+                and not self.manifest.path.exists():
             raise MaebenchError(f"{self.run_dir} already holds files that are not a pipeline run (no {MANIFEST}): "
                                 "choose another --run-dir; nothing there was touched")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.run_dir, command="maebench run")  # released when this returns (or the process dies)
+        try:
+            self.manifest.reload()  # what a run that held the lock before us recorded
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> int:
+        from maebench.progress import progress_bar
+
         if not (self.run_dir / "recipe.yaml").exists():
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
@@ -337,7 +379,7 @@ class Runner:
         log.started("evaluations", f"{sum(len(group) for group in items.values())}, {jobs} at a time")
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
         with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
-                                         initargs=(max(1, cpu_threads() // jobs),)) as pool:
+                                         initargs=(max(1, cpu_threads() // jobs), os.getpid())) as pool:
             running = {pool.submit(_evaluate_group, self.run_dir, self.recipe.evals,
                                    [(s.key, s.params, self._upstream_spec(s.params["upstream"])) for s in group]
                                    ): group for group in items.values()}
@@ -412,6 +454,9 @@ class Runner:
     # ---- the stage kinds (each returns the manifest fields of its entry)
 
     def _do_pretrain(self, stage: Stage) -> dict[str, Any]:
+        from maebench.lifetime import child_environment
+        from maebench.run_checkpoint import RunLock
+
         name = stage.params["name"]
         spec = self.pretrain[name]
         cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
@@ -426,11 +471,12 @@ class Runner:
         write_text_atomic(job_path, json.dumps(job, indent=2) + "\n")
         error = Path(job["error"])
         error.unlink(missing_ok=True)
+        RunLock(cfg.default_run_dir(), wait_s=30).release()  # a killed run's child may still be dying: wait for it
         log_path = self.run_dir / stage_log(name)  # the child's whole output, every attempt appended
         with open(log_path, "a", encoding="utf-8") as out:
             out.write(f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} pretrain/{name}\n")
             out.flush()
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env = {**child_environment(), "PYTHONUNBUFFERED": "1"}  # the child dies with this process
             child = subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)], stdout=out,
                                      stderr=subprocess.STDOUT, env=env)
             code = _wait_for_child(child, lambda: self.show_status(log.training_status(
@@ -504,13 +550,17 @@ def evaluate_stage(run_dir: Path, evals: EvalStage, params: dict[str, Any], upst
 
 
 def task_root(evals: EvalStage, task: str) -> Path | None:
-    """ROOT/<task> of the evaluations' data, or None for the built-in toy."""
-    return Path(evals.data).expanduser() / task if evals.data else None
+    """ROOT/<task> of the evaluations' data, or None for the built-in toy (and for hear:PATH, which names its
+    own folder)."""
+    return Path(evals.data).expanduser() / task if evals.data and not task.startswith("hear:") else None
 
 
-def _worker_threads(threads: int) -> None:
+def _worker_threads(threads: int, parent_pid: int) -> None:
     import torch
 
+    from maebench.lifetime import die_with_parent
+
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
@@ -546,14 +596,18 @@ def _error_text(err: BaseException) -> str:
 def _wait_for_child(process: subprocess.Popen, tick: Callable[[], None] | None = None) -> int:
     """The child's exit status (`tick` is called every second meanwhile). On Ctrl-C (which the child receives too)
     give it time to stop cleanly (its last checkpoint is intact either way: checkpoints are written atomically),
-    then re-raise."""
+    then re-raise. On SIGTERM (which the child did not receive) stop the child first."""
+    from maebench.lifetime import Terminated
+
     try:
         while True:
             try:
                 return process.wait(timeout=1.0 if tick else None)
             except subprocess.TimeoutExpired:
                 tick()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Terminated):
+            process.terminate()
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -703,6 +757,9 @@ def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from maebench.lifetime import die_with_parent
+
+    die_with_parent()  # a killed `maebench run` takes its pretraining with it
     try:
         _child(Path(sys.argv[1]))
     except MaebenchError as err:

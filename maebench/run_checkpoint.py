@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,18 +329,26 @@ class RunLock:
     holder's pid and host for the refusal message. Under torchrun only rank 0 takes it.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, command: str = "maebench pretrain", wait_s: float = 0.0) -> None:
+        """`wait_s`: how long to wait for a holder that is exiting (a killed pipeline's child still dying)."""
         self.path = Path(run_dir) / RUN_LOCK_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-            os.close(fd)
-            who = f"pid {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else "another process"
-            raise MaebenchError(f"run directory {self.path.parent} is in use by another maebench pretrain ({who}): "
-                                "wait for it to finish, or choose another --run-dir") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                os.close(fd)
+                who = f"pid {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else \
+                    "another process"
+                raise MaebenchError(f"run directory {self.path.parent} is in use by another {command} ({who}): "
+                                    "wait for it to finish, or choose another --run-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self.fd: int | None = fd

@@ -8,7 +8,8 @@ both go through the same rules:
   finite number (YAML 1.1 misses `3e-4`, so it is read here; nan and inf are errors); str: as given;
   Literal[...]: one of the choices; Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many
   comma-separated values (`0.9,0.98`, `[0.9, 0.98]`); tuple[X, ...]: any number of them; dict: a mapping (YAML
-  flow syntax from text); a dataclass: a mapping of its fields (parsed by these rules, unknown keys rejected).
+  flow syntax from text; dict[K, V] checks each value as V); a dataclass: a mapping of its fields (parsed by
+  these rules, unknown keys rejected).
 - an unknown key is a MaebenchError listing the keys that exist there; a bad value names the key and what it wants.
 """
 
@@ -121,8 +122,10 @@ def coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     if origin_type is tuple:
         return _tuple(value, args, key, origin)
     if origin_type is dict or hint is dict:
-        parsed = _mapping(value, key, origin)
-        return dict(parsed)
+        parsed = dict(_mapping(value, key, origin))
+        if len(args) == 2 and args[1] is not Any:  # dict[str, int]: every value checked too
+            return {name: coerce(item, args[1], f"{key}.{name}", origin) for name, item in parsed.items()}
+        return parsed
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else from_mapping(hint, _mapping(value, key, origin), origin=origin,
                                                                   prefix=f"{key}.")

@@ -25,7 +25,7 @@ def write_result(root: Path, name: str, task: str, score: float, std: float | No
     record = {
         "maebench_results": 1, "task": task, "metric": "mAP" if task == "as20k" else "accuracy",
         "score": score, "std": std, "runs": [{"fold": "default", "seed": 0, "score": score}],
-        "upstream": {"name": upstream, "path": path, "family": family, "config_hash": "c", "fingerprint": "f"},
+        "upstream": {"name": upstream, "path": path, "family": family, "config_hash": "c", "fingerprint": None},
         "probe": {"name": probe, "hparams": {}}, "layers": {"weights": [0.5, 0.5]},
         "data": {"root": None, "toy": toy}, "timings": {"total_s": 1.0}, "versions": {"maebench": "0.1.0"},
         "created": created,

@@ -109,7 +109,8 @@ def write_checkpoint(
 
     tmp = _new_dir(target, "tmp")
     try:
-        save_file(_unshared(state_dict), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _save_weights(state_dict, tmp / WEIGHTS_FILE)
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes 0600; config.json follows the umask
         (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             fsync_path(tmp / name)
@@ -128,6 +129,24 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _save_weights(state_dict: Mapping[str, Tensor], path: Path) -> None:
+    """safetensors' save_file, its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(_unshared(state_dict), str(path), metadata={"format": "pt"})
+    except Exception as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _new_dir(target: Path, tag: str) -> Path:
@@ -199,8 +218,17 @@ def load_weights_into(model: nn.Module, tensors: Mapping[str, Tensor], source: s
             )
         if got.dtype.is_floating_point != ref.dtype.is_floating_point:
             raise MaebenchError(f"{source}: weight {key!r} has dtype {got.dtype}, the model expects {ref.dtype}")
+    check_finite(tensors, source)
     with torch.no_grad():
         model.load_state_dict(dict(tensors), strict=True)
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str | Path) -> None:
+    """NaN or infinite weights would give NaN features, and probes would score them at chance without a word."""
+    for key, tensor in tensors.items():
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise MaebenchError(f"{source}: weight {key!r} holds NaN or infinite values (a corrupt file, or a "
+                                "training run that diverged): use another checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------------- training runs
@@ -210,7 +238,7 @@ METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging wind
 RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
-RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` of this run (holds its pid)
+RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` (or `maebench run`) there (its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 

@@ -41,6 +41,9 @@ def parse_hear_spec(spec: str) -> tuple[str, str | None]:
     module, _, weights = spec[len(PREFIX):].partition(":")
     if not module:
         raise MaebenchError(f"{spec!r}: no HEAR module name; write e.g. hear:hearbaseline")
+    if not all(part.isidentifier() for part in module.split(".")):  # ".relative", "a..b", "my-module"
+        raise MaebenchError(f"{spec!r}: {module!r} is not an importable module name; write an absolute dotted name "
+                            "such as hear:hearbaseline or hear:mypackage.mymodule")
     return module, (weights or None)
 
 

@@ -5,7 +5,8 @@ cached under ~/.cache/s3prl; the `*_local` entries such as `mae_ast_local` and `
 checkpoint `PATH`, which never touches the network). The model is built through `s3prl.nn.S3PRLUpstream`, so
 hidden states, valid lengths and downsample rates are exactly what s3prl's own downstreams see, including its length
 convention (item b has (len_b - 1) // rate + 1 frames; missing tail frames repeat the last one). Needs the `s3prl`
-extra; the torchaudio >= 2.9 shim is installed first.
+extra; the torchaudio >= 2.9 shim is installed first. A local checkpoint PATH is read by maebench's allow-list
+unpickler first (pickled code is refused) because s3prl itself loads it with weights_only=False.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class S3prlUpstream(Upstream):
                                 "`python -c 'import s3prl.hub as h; print(dir(h))'`")
         if path is not None and not Path(path).expanduser().exists() and "://" not in path:
             raise MaebenchError(f"s3prl:{name}: checkpoint {path} not found; pass an existing file")
+        if path is not None and Path(path).expanduser().is_file():
+            _vet_checkpoint(name, Path(path).expanduser())
         from s3prl.nn import S3PRLUpstream
 
         self.name = name
@@ -82,6 +85,18 @@ class S3prlUpstream(Upstream):
     def to_config(self) -> dict[str, Any]:
         """Identity for results and the feature cache (with the weights' hash, see registry.fingerprint)."""
         return {"name": self.name, "path": self.path, "extra_conf": self.extra_conf}
+
+
+def _vet_checkpoint(name: str, path: Path) -> None:
+    """s3prl opens local checkpoints with torch.load(weights_only=False), which runs any code pickled in the file:
+    the file goes through maebench's allow-list reader first (upstream/official.py), and what it refuses is
+    refused here, before s3prl sees it."""
+    from .official import read_checkpoint
+
+    try:
+        read_checkpoint(path)
+    except MaebenchError as err:
+        raise MaebenchError(f"s3prl:{name}: {err}") from None
 
 
 def load_s3prl(spec: str, **extra_conf: Any) -> S3prlUpstream:

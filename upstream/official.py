@@ -34,6 +34,7 @@ from torch import Tensor
 
 from maebench.errors import MaebenchError
 
+from .checkpoint import check_finite
 from .interface import Upstream
 from .vocabulary import merged
 
@@ -384,6 +385,7 @@ def _load_strict(model: Upstream, converted: dict[str, Tensor], sources: Mapping
     extra = sorted(set(converted) - set(expected))
     if extra:
         raise MaebenchError(f"{path}: unexpected key {sources.get(extra[0], extra[0])!r} (not part of this model)")
+    check_finite(converted, path)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in converted.items()}, strict=True)
 
 

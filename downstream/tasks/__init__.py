@@ -14,7 +14,7 @@ from pathlib import Path
 from maebench.errors import MaebenchError
 
 from .audioset import load_audioset
-from .base import Example, Fold, Task, is_toy_root
+from .base import Example, Fold, Task, is_toy_root, require_utf8_name
 from .esc50 import load_esc50
 from .iemocap import load_er
 from .probe_settings import probe_defaults
@@ -70,6 +70,7 @@ def check_layout(name: str, root: str | Path, *, deep: bool = False) -> dict:
     task = load_task(name, root)
     examples = task.examples()
     for ex in examples:
+        require_utf8_name(ex.path)
         if not ex.path.is_file():
             raise MaebenchError(f"missing audio file {ex.path} (listed by the {name} layout in {task.root}); "
                                 "restore it or fix the list")

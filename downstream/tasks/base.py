@@ -154,6 +154,7 @@ def fingerprint_folds(name: str, class_names: list[str], folds: list[Fold]) -> s
             digest.update(f"[{fold.name}/{split}:{len(items)}]\n".encode())
             for ex in items:
                 if ex.path not in stats:
+                    require_utf8_name(ex.path)
                     try:
                         st = os.stat(ex.path)
                     except OSError as err:
@@ -165,6 +166,18 @@ def fingerprint_folds(name: str, class_names: list[str], folds: list[Fold]) -> s
 
 
 # ---------------------------------------------------------------------------------------------- layout helpers
+def require_utf8_name(path: Path) -> Path:
+    """`path` if its name is valid UTF-8: the audio decoder cannot open a file whose name is not, nor can a
+    manifest or results file name it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise MaebenchError(f"audio file {shown} has a name that is not valid UTF-8, which maebench cannot open: "
+                            "rename it (e.g. with `convmv -f latin1 -t utf8`)") from None
+    return path
+
+
 def require_file(path: Path, what: str) -> Path:
     """`path` if it is a file, else a MaebenchError naming it and what it should be."""
     if not path.is_file():

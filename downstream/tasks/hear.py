@@ -57,12 +57,34 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MaebenchError(f"malformed {path}: not JSON ({err}); use the file hear-preprocess wrote") from None
+    if not isinstance(meta, dict):
+        raise MaebenchError(f"malformed {path}: expected a JSON object, got {type(meta).__name__}; use the file "
+                            "hear-preprocess wrote")
     missing = [k for k in ("task_name", "embedding_type", "prediction_type", "split_mode", "evaluation")
                if k not in meta]
-    if not isinstance(meta, dict) or missing:
-        raise MaebenchError(f"malformed {path}: missing {', '.join(missing) or 'fields'}; use the file "
-                            "hear-preprocess wrote")
+    if missing:
+        raise MaebenchError(f"malformed {path}: missing {', '.join(missing)}; use the file hear-preprocess wrote")
+    for key in ("task_name", "embedding_type", "prediction_type", "split_mode"):
+        if not isinstance(meta[key], str) or not meta[key]:
+            raise MaebenchError(f"malformed {path}: {key} must be a non-empty string, got {meta[key]!r}")
+    if not _plain_name(meta["task_name"]):
+        raise MaebenchError(f"malformed {path}: task_name {meta['task_name']!r} must be a plain name (no '/', not "
+                            "'.' or '..'): it names the results folder")
+    evaluation = meta["evaluation"] if isinstance(meta["evaluation"], list) else [meta["evaluation"]]
+    if not evaluation or not all(isinstance(score, str) for score in evaluation):
+        raise MaebenchError(f"malformed {path}: evaluation must be a non-empty list of score names such as "
+                            f"[\"top1_acc\"], got {meta['evaluation']!r}")
+    splits = meta.get("splits")
+    if splits is not None and not (isinstance(splits, list) and all(_plain_name(x) for x in splits)):
+        raise MaebenchError(f"malformed {path}: splits must be a list of split names such as [\"fold00\", "
+                            f"\"fold01\"], got {splits!r}")
     return meta
+
+
+def _plain_name(name: Any) -> bool:
+    """A plain file name: no folder part, not '.' or '..', not absolute (what a split file may name)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
 
 
 def hear_task_name(name: str) -> str:
@@ -89,14 +111,22 @@ def _metric(meta: dict[str, Any], path: Path) -> str:
 
 def _vocabulary(folder: Path) -> list[str]:
     path = require_file(folder / VOCABULARY, "HEAR label vocabulary")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as err:
+        raise MaebenchError(f"malformed {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     if not rows or not {"idx", "label"} <= set(rows[0]):
         raise MaebenchError(f"malformed {path}: expected the columns idx,label and at least one row")
     try:
         by_index = {int(row["idx"]): str(row["label"]) for row in rows}
     except ValueError:
         raise MaebenchError(f"malformed {path}: idx values must be integers") from None
+    if len(by_index) != len(rows):
+        raise MaebenchError(f"malformed {path}: an idx appears more than once ({len(rows)} rows, {len(by_index)} "
+                            "distinct idx); give each label its own idx")
+    if len(set(by_index.values())) != len(by_index):
+        raise MaebenchError(f"malformed {path}: a label appears more than once; give each label one row")
     if sorted(by_index) != list(range(len(by_index))):
         raise MaebenchError(f"malformed {path}: idx must run 0..{len(by_index) - 1} without gaps")
     return [by_index[i] for i in range(len(by_index))]
@@ -113,6 +143,9 @@ def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool) ->
         raise MaebenchError(f"malformed {path}: expected an object mapping file names to label lists")
     examples = []
     for filename, names in sorted(labels.items()):
+        if not _plain_name(filename):  # never read outside the task's audio folder
+            raise MaebenchError(f"{path}: {filename!r} is not a plain file name inside {audio}; a split file names "
+                                "only the audio files of its own folder")
         names = names if isinstance(names, list) else [names]
         unknown = [str(n) for n in names if str(n) not in index]
         if unknown:
@@ -126,6 +159,10 @@ def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool) ->
 
 
 def _folds(meta: dict[str, Any], splits: dict[str, list[Example]], path: Path) -> list[Fold]:
+    empty = [name for name, examples in splits.items() if not examples]
+    if empty:
+        raise MaebenchError(f"malformed {path}: split {empty[0]} has no examples ({empty[0]}.json is empty); every "
+                            "split needs audio to train or score on")
     if meta["split_mode"] == "trainvaltest":
         return [Fold("default", splits["train"], splits["valid"], splits["test"])]
     names = sorted(splits)

@@ -65,7 +65,8 @@ def core_counts(spec: str | None) -> list[int]:
 
 
 def write_clips(folder: Path, fmt: str, count: int, seconds: float) -> list[Path]:
-    """`count` speech-like clips of `seconds` in format `fmt`, written once (reused when already there)."""
+    """`count` speech-like clips of `seconds` in format `fmt`, written once: a clip already there is reused only
+    when it has that length and rate (a --dir written with another --seconds would mislabel the table)."""
     import soundfile
 
     from maebench.commands.bench_fbank import speech_like_batch
@@ -76,7 +77,7 @@ def write_clips(folder: Path, fmt: str, count: int, seconds: float) -> list[Path
     paths = [folder / f"clip_{i:04d}{suffix}" for i in range(count)]
     samples = round(seconds * rate)
     for start in range(0, count, 16):
-        todo = [p for p in paths[start:start + 16] if not p.is_file()]
+        todo = [p for p in paths[start:start + 16] if not _has_shape(p, rate, samples)]
         if not todo:
             continue
         batch = speech_like_batch(len(todo), samples, rate, seed=start + rate).numpy()
@@ -85,6 +86,16 @@ def write_clips(folder: Path, fmt: str, count: int, seconds: float) -> list[Path
             soundfile.write(str(tmp), wav, rate, subtype=subtype)
             os.replace(tmp, path)
     return paths
+
+
+def _has_shape(path: Path, rate: int, samples: int) -> bool:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except (OSError, RuntimeError):  # missing, or not audio (soundfile's LibsndfileError is a RuntimeError)
+        return False
+    return info.samplerate == rate and info.frames == samples
 
 
 def measure(paths: list[str], loader: str, workers: int, batch_size: int, seconds: float, repeats: int,

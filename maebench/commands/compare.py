@@ -8,6 +8,7 @@ that are missing (maebench.downstream.evaluate). Prints a table and writes compa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -34,7 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output from evaluations")
 
 
-def _matches(result, spec: str) -> bool:
+def _matches(result, spec: str, fingerprints: dict[str, str]) -> bool:
+    """Whether `result` is of upstream `spec` as it is now: named so (or its path), and, where the result records
+    the weights' fingerprint, of the same weights (a run's older checkpoint is not the run)."""
+    if not _named(result, spec):
+        return False
+    if result.fingerprint is None:  # recorded before fingerprints: the name is all there is
+        return True
+    if spec not in fingerprints:
+        from maebench.downstream.evaluate import resolve_upstream
+
+        fingerprints[spec] = resolve_upstream(spec)[1]["fingerprint"]
+    return result.fingerprint == fingerprints[spec]
+
+
+def _named(result, spec: str) -> bool:
     from maebench.upstream.checkpoint import list_checkpoints
 
     if result.upstream == spec:
@@ -65,9 +80,18 @@ def run(args: argparse.Namespace) -> int:
         raise MaebenchError("--task needs at least one --upstream to evaluate")
     if not args.results and not args.upstream:
         raise MaebenchError("nothing to compare: pass results directories and/or --upstream with --task")
-    results = find_results(args.results)
+    skipped: list[str] = []
+    results = find_results(args.results, skipped)
+    if skipped and not results:  # nothing readable: the first reason is the error
+        raise MaebenchError(skipped[0] + (f" (and {len(skipped) - 1} more unreadable)" if len(skipped) > 1 else ""))
+    for reason in skipped:  # the others still make a table
+        print(f"maebench compare: skipped {reason}", file=sys.stderr)
+    found = len(results)
+    fingerprints: dict[str, str] = {}  # spec -> its weights' fingerprint, computed when first needed
     out = Path(args.out)
     tasks = _tasks(args.task)
+    stale = [r for r in results if any(_named(r, s) and not _matches(r, s, fingerprints) for s in args.upstream)]
+    results = [r for r in results if r not in stale]  # named as an --upstream but of other (older) weights
     if args.upstream and tasks:
         from maebench.downstream.evaluate import evaluate
         from maebench.downstream.tasks.hear import hear_task_name
@@ -75,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         for spec in args.upstream:
             for task in tasks:
                 recorded = hear_task_name(task) if task.startswith("hear:") else task  # hear:PATH -> hear-<name>
-                if any(r.task == recorded and r.probe == args.probe and _matches(r, spec) for r in results):
+                if any(r.task == recorded and r.probe == args.probe and _matches(r, spec, fingerprints)
+                       for r in results):
                     continue
                 # like `maebench eval --task all`: with several tasks, ROOT/<task> holds each dataset
                 data = Path(args.data).expanduser() / task if args.data and len(tasks) > 1 else args.data
@@ -84,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
                                   out_dir=out / "evals", quiet=args.quiet, show_table=False)
                 results.append(read_result(record["results_path"]))
     elif args.upstream:
-        results = [r for r in results if any(_matches(r, spec) for spec in args.upstream)]
+        results = [r for r in results if any(_matches(r, spec, fingerprints) for spec in args.upstream)]
+    if not results and found:
+        raise MaebenchError(f"none of the {found} results.json under {', '.join(args.results)} is of "
+                            f"{', '.join(args.upstream)} (as it is now); add --task to evaluate it")
     if not results:
         raise MaebenchError(f"no results.json found under {', '.join(args.results)}; run `maebench eval` first")
 

@@ -35,10 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from maebench.errors import MaebenchError
+    from maebench.paths import usable_dir
     from maebench.upstream import load, save_upstream
     from maebench.upstream.official import convert, detect_format, read_checkpoint, sha256_file
 
     source = Path(args.source).expanduser()
+    usable_dir(args.destination, "DST")
     if Path(args.destination).exists() and not args.overwrite:
         raise MaebenchError(f"{args.destination} already exists; pass --overwrite to replace it or choose another DST")
     overrides = _overrides(args.set)

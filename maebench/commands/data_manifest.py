@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from maebench.errors import MaebenchError
     from maebench.manifest import write_manifest
+    from maebench.paths import usable_file
 
+    usable_file(args.output, "-o")
     if args.output.exists() and not args.overwrite:
         raise MaebenchError(f"{args.output} already exists; pass --overwrite to replace it or choose another -o")
     extensions = tuple(ext if ext.startswith(".") else f".{ext}" for ext in args.ext)

@@ -58,8 +58,10 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from maebench.paths import cache_dir
     from maebench.trainer import train
 
     cfg = build_config(args)
+    cache_dir()  # usable, or refused now: the run ends by writing the latest-run pointer there
     train(cfg, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, threads=args.threads)
     return 0

@@ -48,6 +48,7 @@ def run_recipe(recipe: str, args: argparse.Namespace) -> int:
     """Plan, then run (or print the plan); prints the score table and the report path at the end."""
     from pathlib import Path
 
+    from maebench.lifetime import sigterm_as_interrupt
     from maebench.pipeline import Runner, describe_plan, load_pipeline
 
     parsed, pretrain, path = load_pipeline(recipe, pretrain_data=getattr(args, "pretrain_data", None),
@@ -59,7 +60,8 @@ def run_recipe(recipe: str, args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(runner))
         return 0
-    bad = runner.run()
+    with sigterm_as_interrupt():  # `kill PID`: stop the pretraining child too, as on Ctrl-C
+        bad = runner.run()
     _print_outcome(runner, bad)
     return 1 if bad else 0
 
