@@ -1,11 +1,11 @@
 """The compiled training path (train.compile) on CPU: the same losses as eager, and a bounded number of compilations
 whatever the batch lengths, masks and layerdrop patterns (torch's own counters).
 
-Inductor draws dropout from its own random stream; `fallback_random` makes it call the eager random ops, so a
-compiled run and an eager run with the same seed draw the same dropout masks and their losses can be compared
-step by step. One inductor run (fp32, MAE-AST, the family with variable lengths and layerdrop) exercises the C++
-code generation the way CI's CPUs run it; the bf16 and SSAST runs use dynamo + AOTAutograd without inductor's C++
-build ("aot_eager"), which traces, guards and counts the same graphs, to keep the file near a minute on 2 cores.
+On CPU, compile_blocks has inductor draw dropout through the eager random ops (`fallback_random`), so a compiled
+run and an eager run with the same seed draw the same dropout masks and their losses can be compared step by step.
+One inductor run (fp32, MAE-AST, the family with variable lengths and layerdrop) exercises the C++ code generation
+the way CI's CPUs run it; the bf16 and SSAST runs use dynamo + AOTAutograd without inductor's C++ build
+("aot_eager"), which traces, guards and counts the same graphs, to keep the file near a minute on 2 cores.
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ def clips(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def fresh_dynamo(monkeypatch):
-    """Empty compile caches and counters; inductor's dropout through the eager random ops (see module doc)."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+def fresh_dynamo():
+    """Empty compile caches and counters."""
     torch._dynamo.reset()
     counters.clear()
     yield
