@@ -20,7 +20,7 @@ from helpers import SR, one_thread, speechlike, write_wav  # noqa: F401 (one_thr
 from torch._dynamo.utils import counters
 
 from maebench import trainer
-from maebench.config import PretrainConfig, apply_overrides
+from maebench.config import PretrainConfig, apply_overrides, load_recipe
 from maebench.upstream.blocks import compile_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,3 +117,6 @@ def test_compile_auto_is_on_for_cuda_only():
     assert trainer.resolve_compile(cfg, torch.device("cuda")) is True
     assert trainer.resolve_compile(cfg, torch.device("cpu")) is False
     assert trainer.resolve_compile(apply_overrides(cfg, ["train.compile=yes"]), torch.device("cpu")) is True
+    for recipe in ("mae_ast_patch_base_paper", "mae_ast_frame_base_paper", "ssast_patch_base_paper",
+                   "ssast_frame_base_paper"):
+        assert load_recipe(recipe).train.compile == "auto", recipe
