@@ -35,6 +35,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "pretrain": "maebench.commands.bench_pretrain",
         "cache": "maebench.commands.bench_cache",
         "data": "maebench.commands.bench_data",
+        "compile": "maebench.commands.bench_compile",
     },
 }
 

@@ -109,7 +109,8 @@ class TrainConfig:
     max_steps: int = 300
     grad_accum: int = 1
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    # torch.compile the transformer blocks (upstream.blocks.compile_blocks); auto = on for CUDA, off on CPU
+    compile: bool | Literal["auto"] = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_every: int = 10

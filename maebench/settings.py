@@ -6,7 +6,8 @@ both go through the same rules:
 
 - bool: true/false, yes/no, on/off, 1/0; int: an integral number (`1e3` is 1000, `1.5` is an error); float: any
   finite number (YAML 1.1 misses `3e-4`, so it is read here; nan and inf are errors); str: as given;
-  Literal[...]: one of the choices; Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many
+  Literal[...]: one of the choices; a union (`bool | Literal["auto"]`): the first type
+  that takes the value; Optional: `null` / `none` / `~` is None; tuple[X, X]: exactly that many
   comma-separated values (`0.9,0.98`, `[0.9, 0.98]`); tuple[X, ...]: any number of them; dict: a mapping (YAML
   flow syntax from text; dict[K, V] checks each value as V); a dataclass: a mapping of its fields (parsed by
   these rules, unknown keys rejected).
@@ -109,9 +110,16 @@ def coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     """`value` (text or parsed YAML/JSON) as the type `hint`, by the rules in the module docstring."""
     origin_type, args = typing.get_origin(hint), typing.get_args(hint)
     if origin_type in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none",
+                                                                                                "~"))):
             return None
-        return coerce(value, [a for a in args if a is not type(None)][0], key, origin)
+        errors = []
+        for arg in (a for a in args if a is not type(None)):  # the first type that takes the value (bool | "auto")
+            try:
+                return coerce(value, arg, key, origin)
+            except MaebenchError as err:
+                errors.append(str(err).partition(": expected ")[2])
+        raise _bad(value, key, origin, ", or ".join(errors))
     if origin_type is Literal:
         text = value if isinstance(value, str) else str(value)
         if text not in args:

@@ -35,6 +35,7 @@ from maebench.errors import MaebenchError
 from maebench.paths import record_latest_pretrain_run
 from maebench.progress import progress_bar
 from maebench.upstream import checkpoint as layout
+from maebench.upstream.blocks import compile_blocks
 from maebench.upstream.frontend import SAMPLE_RATE, SSAST_FBANK, num_frames
 
 SKIP_FILES = ckpt.SKIP_FILES
@@ -154,6 +155,12 @@ def resolve_precision(cfg: PretrainConfig, device: torch.device) -> torch.dtype 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def resolve_compile(cfg: PretrainConfig, device: torch.device) -> bool:
+    """Whether to compile the model's blocks: auto = on CUDA only (on CPU the compiler's C++ build takes minutes
+    and the steady-state gain is small; `maebench bench compile` measures both)."""
+    return device.type == "cuda" if cfg.train.compile == "auto" else bool(cfg.train.compile)
 
 
 class BatchStream:
@@ -454,10 +461,9 @@ class Pretrainer:
             if self.cfg.train.tensorboard:
                 with _writing(self.run_dir, resume_from):
                     self.tensorboard = TensorBoardLog(self.run_dir, self.start_step)
-        step_module: nn.Module = ddp.PretrainStep(self.model)
-        if self.cfg.train.compile:
-            step_module = torch.compile(step_module)
-        self.step_module = ddp.wrap_ddp(step_module, self.env)
+        if resolve_compile(self.cfg, self.device):
+            compile_blocks(self.model)  # in place: the loop, layerdrop and masking stay eager (see its docstring)
+        self.step_module = ddp.wrap_ddp(ddp.PretrainStep(self.model), self.env)
         self.batches = BatchStream(items, self.cfg, self.micro_batch, self.env, self.state)
         self.skipped = SkippedFiles(self.state)
         self.grad_norm = torch.zeros((), device=self.device)

@@ -25,6 +25,7 @@ step "CUDA tests (fbank under TF32/autocast)"; python3 -m pytest -q -p no:cachep
 step "fbank: batched on GPU vs per-utterance torchaudio"; python3 -m maebench bench fbank --device cuda --batch 128
 step "pretraining step benchmark, ViT-B, 1024 frames, batch 128, bf16"; python3 -m maebench bench pretrain
 step "the same with torch.compile"; python3 -m maebench bench pretrain --compile
+step "eager vs compiled steps: variable lengths, layerdrop, recompilations"; python3 -m maebench bench compile
 step "pretrain smoke on CUDA (bf16, toy corpus)"
 python3 -m maebench pretrain --max-steps 60 --run-dir /tmp/gpu_run --quiet
 step "fine-tune probe smoke on CUDA (toy KS2)"

@@ -207,7 +207,9 @@ class MaeAst(Upstream):
     def _encode(self, x: Tensor, key_padding_mask: Tensor | None, *, layerdrop: float) -> list[Tensor]:
         """Input LayerNorm, dropout, post-LN blocks; returns every executed layer's output.
 
-        Layerdrop decisions are drawn together (one host read, one torch.compile graph break, not one per layer).
+        Layerdrop decisions are drawn together on the host from the global generator (one read per step). With
+        train.compile only the blocks are compiled (blocks.compile_blocks), so this loop and its decisions stay
+        eager: a new drop pattern is neither a recompilation nor a graph break.
         """
         x = F.dropout(self.encoder_norm(x), self.config.dropout, self.training)
         dropped = [False] * len(self.encoder)

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--tokenizer", default="patch", choices=("patch", "frame"))
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model's training step")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each model's transformer blocks (as train.compile)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak (dense) TFLOP/s for the MFU column")
 
 
@@ -160,6 +161,7 @@ def _time_model(label, preset, overrides, wavs, lens, device, dtype, steps, warm
     import torch
 
     from maebench import upstream
+    from maebench.upstream.blocks import compile_blocks
 
     cuda = device.type == "cuda"
     torch.manual_seed(0)
@@ -170,12 +172,13 @@ def _time_model(label, preset, overrides, wavs, lens, device, dtype, steps, warm
     def loss_of(w, n):
         return model.pretrain_loss(w, n).loss
 
-    forward = torch.compile(loss_of) if compile_step else loss_of
+    if compile_step:
+        compile_blocks(model)  # as train.compile does
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
     def step():
         with autocast():
-            loss = forward(wavs, lens)
+            loss = loss_of(wavs, lens)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

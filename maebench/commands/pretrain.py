@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue the run in --run-dir even if its config differs (e.g. more steps)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run dir's checkpoints, metrics and config, then start again")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer blocks (train.compile=true)")
     parser.add_argument("--loader", choices=("torch", "fairseq2"),
                         help="data loader: torch (DataLoader worker processes, the default) or fairseq2 (its C++ "
                              "pipeline, threads in one process; the fairseq2 extra); both give the same batches")
