@@ -111,10 +111,9 @@ def test_against_hear_eval_kit_and_sed_eval():
         probs = rng.uniform(size=(60, 3)) ** 0.5
         stamps = np.arange(60) * 25.0 + 12.5
         for median, minimum in ((250, 125), (250, 250), (0, 0)):
-            theirs = create_events_from_prediction({float(t): torch.tensor(p) for t, p in zip(stamps, probs)},
-                                                   {i: i for i in range(3)}, median_filter_ms=median,
+            by_time = {float(t): torch.tensor(p) for t, p in zip(stamps, probs, strict=True)}
+            theirs = create_events_from_prediction(by_time, {i: i for i in range(3)}, median_filter_ms=median,
                                                    min_duration=minimum)
             ours = predictions_to_events(probs, stamps, median_filter_ms=median, min_duration_ms=minimum)
-            key = lambda e: (e["label"], e["start"])  # noqa: E731
-            assert sorted(([e["label"], float(e["start"]), float(e["end"])] for e in theirs)) == sorted(
-                [e["label"], e["start"], e["end"]] for e in sorted(ours, key=key))
+            assert sorted([e["label"], float(e["start"]), float(e["end"])] for e in theirs) == sorted(
+                [e["label"], e["start"], e["end"]] for e in ours)

@@ -78,8 +78,10 @@ def test_multilabel_is_scored_by_map(tmp_path):
 
 
 @pytest.mark.parametrize("change, needles", [
-    ({"embedding_type": "event", "evaluation": ["event_onset_200ms_fms"]},
-     ("handmade", "event", "not yet supported")),
+    ({"embedding_type": "event", "evaluation": ["event_onset_100ms_fms"]},
+     ("handmade", "event_onset_100ms_fms", "not supported")),
+    ({"embedding_type": "event", "evaluation": ["event_onset_200ms_fms"]},  # labels are not events
+     ("train.json", "a.wav", "start")),
     ({"evaluation": ["chroma_acc"]}, ("chroma_acc", "not yet supported")),
     ({"split_mode": "by_speaker"}, ("split_mode", "by_speaker")),
 ])
