@@ -45,6 +45,23 @@ def test_default_grid_is_hear_eval_kits():
     assert len(everything) == 16
 
 
+def test_grid_points_are_the_ones_hear_eval_kit_tries():
+    """hear-eval-kit: seed_everything(42), ParameterGrid(PARAM_GRID), random.shuffle, the first 8 (runner.py)."""
+    tp = pytest.importorskip("heareval.predictions.task_predictions")
+    import random
+
+    from sklearn.model_selection import ParameterGrid
+
+    random.seed(42)
+    theirs = list(ParameterGrid(tp.PARAM_GRID))
+    random.shuffle(theirs)
+    picked = [(c["hidden_layers"], c["hidden_dim"], c["dropout"], c["lr"], c["initialization"].__name__.rstrip("_"))
+              for c in theirs[:8]]
+    ours = [(c["hidden_layers"], c["hidden_dim"], c["dropout"], c["lr"], c["initialization"])
+            for c in grid_confs(HearSettings())]
+    assert ours == picked
+
+
 def test_mlp_blocks_and_initialisation_gains():
     torch.manual_seed(0)
     conf = {"hidden_layers": 2, "hidden_dim": 512, "dropout": 0.1, "initialization": "xavier_uniform", "lr": 1e-3}
@@ -204,6 +221,8 @@ def test_agrees_with_hear_eval_kit_on_the_same_embeddings(tmp_path, monkeypatch)
     embeddings = tmp_path / "embeddings"
     _write_heareval_embeddings(task, upstream, embeddings)
     monkeypatch.chdir(tmp_path)  # its CSV logs go under ./logs
+    # it reads back its own Lightning checkpoints (written just now) with torch.load's pre-2.6 default
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     tp.task_predictions(embedding_path=embeddings, embedding_size=upstream.hidden_size, grid_points=8, gpus=None,
                         in_memory=True, deterministic=True, grid="default", logger=logging.getLogger("heareval"))
     theirs = json.loads((embeddings / "test.predicted-scores.json").read_text())
