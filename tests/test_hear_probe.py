@@ -170,6 +170,11 @@ def test_event_task_end_to_end(tmp_path, capsys):
     record = json.loads(next((tmp_path / "runs").glob("*/results.json")).read_text())
     assert record["metric"] == "event_onset_200ms_fms" and 0.0 <= record["score"] <= 100.0
     assert record["probe"]["name"] == "hear" and record["probe"]["hparams"]["max_epochs"] == 30
+    (run,) = record["runs"]
+    assert run["selected"]["lr"] in (1e-2, 1e-3) and run["postprocessing"]["median_filter_ms"] == 250.0
+    assert set(run["test_scores"]) == {"event_onset_200ms_fms", "event_onset_50ms_fms",
+                                       "event_onset_offset_50ms_20perc_fms", "segment_1s_er"}
+    assert run["test_scores"]["event_onset_200ms_fms"] == pytest.approx(record["score"], abs=1e-3)
 
 
 # ---- hear-eval-kit itself, on the same embeddings (only where it is installed) --------------------------------
