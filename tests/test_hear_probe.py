@@ -236,3 +236,18 @@ def test_agrees_with_hear_eval_kit_on_the_same_embeddings(tmp_path, monkeypatch)
     print(f"maebench --probe hear {ours['score']:.2f} +- {ours['std']:.2f}; "
           f"hear-eval-kit {their_mean:.2f} +- {their_std:.2f}")
     assert abs(ours["score"] - their_mean) <= 2 * max(ours["std"], their_std, 2.0)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("lr", "0,1e-3", "must be positive"), ("dropout", "1.5", "dropout"), ("hidden_layers", "-1", "hidden_layers"),
+    ("initialization", "orthogonal", "orthogonal"), ("max_epochs", "0", "must be positive"),
+])
+def test_bad_grid_settings_are_one_line_errors(key, value, needle):
+    from maebench.downstream.probes.settings import resolve_settings
+
+    class Task:  # what resolve_settings reads of a task
+        name, probe_defaults, multilabel, sample_weights = "hear-x", {}, False, None
+
+    with pytest.raises(MaebenchError) as err:
+        resolve_settings("hear", Task(), {key: value})
+    one_line_error(err, needle)

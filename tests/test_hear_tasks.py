@@ -130,6 +130,8 @@ def test_cli_toy_check_and_eval(tmp_path, capsys):
     task = f"hear:{out / 'hear'}"
     assert main(["data", "check", "--task", task, "--deep"]) == 0
     assert "layout OK" in capsys.readouterr().out
+    assert main(["data", "check", "--task", f"hear:{out / 'hear_events'}", "--deep"]) == 0  # the event task
+    assert "layout OK" in capsys.readouterr().out
     runs = tmp_path / "runs"
     for probe in ("logreg", "linear"):
         assert main(["eval", "--task", task, "--upstream", "mae_ast_frame:tiny", "--probe", probe,
