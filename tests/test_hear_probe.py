@@ -177,6 +177,25 @@ def test_event_task_end_to_end(tmp_path, capsys):
     assert run["test_scores"]["event_onset_200ms_fms"] == pytest.approx(record["score"], abs=1e-3)
 
 
+def test_event_tasks_use_a_hear_modules_timestamp_embeddings(tmp_path, monkeypatch):
+    from helpers import TOY_HEAR_MODULE, write_toy_hear_module
+
+    from maebench.downstream.frame_features import frame_timestamps_ms
+    from maebench.downstream.probes.hear_mlp import timestamp_upstream
+    from maebench.upstream import load
+
+    monkeypatch.syspath_prepend(str(write_toy_hear_module(tmp_path / "mods")))
+    scene = load(f"hear:{TOY_HEAR_MODULE}")
+    frames = timestamp_upstream(scene)
+    assert scene.embedding == "scene" and frames.embedding == "timestamp"
+    assert frames.downsample_rate < scene.downsample_rate
+    timestamped = load(f"hear:{TOY_HEAR_MODULE}", embedding="timestamp")
+    assert timestamp_upstream(timestamped) is timestamped
+    # frame times: centres of the hops, the module's own timestamps for this toy module
+    hop_ms = 1000.0 * frames.downsample_rate / 16000
+    assert frame_timestamps_ms(frames, 3).tolist() == pytest.approx([hop_ms / 2, 1.5 * hop_ms, 2.5 * hop_ms])
+
+
 # ---- hear-eval-kit itself, on the same embeddings (only where it is installed) --------------------------------
 
 

@@ -248,10 +248,24 @@ def _event_split(upstream: Upstream, task, examples, settings: HearSettings, dev
     return HearSplit(x, torch.from_numpy(np.concatenate(ys)).to(device), None, files, np.concatenate(times), events)
 
 
+def timestamp_upstream(upstream: Upstream) -> Upstream:
+    """The upstream whose frames are timestamp embeddings: a `hear:` module loaded for scene embeddings (one
+    frame per clip, the default) is loaded again for its timestamp embeddings, as hear-eval-kit asks event tasks."""
+    from maebench.upstream.foreign_hear import HearUpstream
+
+    if isinstance(upstream, HearUpstream) and upstream.embedding == "scene":
+        twin = HearUpstream(upstream.module_name, upstream.weights, embedding="timestamp",
+                            chunk_seconds=upstream.chunk_seconds, batch_size=upstream.batch_size,
+                            min_seconds=upstream.min_seconds, **upstream.options)
+        return twin.to(next(iter(upstream.parameters()), torch.empty(0)).device)
+    return upstream
+
+
 def _event_data(upstream: Upstream, task, fold, settings: HearSettings, device: torch.device, quiet: bool
                 ) -> HearData:
     if not fold.dev:
         raise MaebenchError(f"{task.name} {fold.name}: the hear probe needs a validation split")
+    upstream = timestamp_upstream(upstream)
     splits = {name: _event_split(upstream, task, examples, settings, device, quiet)
               for name, examples in (("train", fold.train), ("dev", fold.dev), ("test", fold.test))}
     return HearData(splits["train"], splits["dev"], splits["test"], True, task.metric, task.num_classes)
