@@ -162,10 +162,10 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
     for fold, seed, result in results:
         entry = {"fold": fold, "seed": seed, "score": round(result.score, 4),
                  "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
-        for key in ("selected_layer", "selected_C"):
+        for key in ("selected_layer", "selected_C", "selected"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        for key in ("best_step", "selection", "train_crops"):
+        for key in ("best_step", "selection", "train_crops", "postprocessing", "test_scores"):
             if key in result.details:
                 entry[key] = result.details[key]
         runs.append(entry)

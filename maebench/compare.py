@@ -99,8 +99,8 @@ class Result:
 def protocol_label(result: Result) -> str:
     """A short name of a cell's protocol: probe, recipe, input geometry, layer selection, feature layout."""
     protocol = result.protocol
-    if not protocol:
-        return "unrecorded"
+    if not protocol:  # results from before protocols were recorded: still name the probe (linear / logreg / ...)
+        return f"{result.probe} (protocol unrecorded)"
     fields = protocol.get("fields") or {}
     parts = [str(protocol.get("probe") or result.probe)]
     if fields.get("recipe"):

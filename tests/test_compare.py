@@ -189,6 +189,19 @@ def _protocol(task: str, family: str, probe: str = "finetune", **changes) -> dic
     return {"probe": probe, "family": family, "fields": {**fields, **changes}}
 
 
+def test_every_cell_names_its_probe_protocol(tmp_path):
+    """Numbers of the four probes on one task are never side by side unmarked: each row names its probe and each
+    cell's protocol line starts with it (also for results written before protocols were recorded)."""
+    for probe in ("linear", "logreg", "hear"):
+        write_result(tmp_path, probe, "esc50", 80.0, upstream="mae_ast_patch:base", family="mae_ast", probe=probe,
+                     protocol={"probe": probe, "family": "mae_ast_patch", "fields": {"probe": probe}})
+    write_result(tmp_path, "ft", "esc50", 88.0, upstream="mae_ast_patch:base", family="mae_ast", probe="finetune")
+    lines = render_markdown(build_comparison(find_results([tmp_path]))).splitlines()
+    for probe in ("linear", "logreg", "hear", "finetune"):
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(f"| mae_ast_patch:base ({probe}) | ")]
+        assert lines[at + 1].startswith(f"| protocol | {probe}")
+
+
 def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp_path, capsys):
     """Matching cells plain, differing cells marked † with their differences listed, 0.1.0 cells 'unrecorded';
     --strict refuses the differing ones."""
@@ -204,11 +217,12 @@ def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp
                                             "target_length: None (paper: 100)"]
     lines = render_markdown(comparison).splitlines()
     assert "| ssast_patch:base | 88.0 ± 0.5 | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
-    assert "| protocol | finetune ssast global 512f no dev | unrecorded | finetune superb tokens |" in lines
+    assert ("| protocol | finetune ssast global 512f no dev | finetune (protocol unrecorded) "
+            "| finetune superb tokens |") in lines
     assert any(line.startswith("- † ssast_patch:base KS1: input_geometry: model (paper: global)") for line in lines)
     rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
     protocol_row = next(r for r in rows if r["kind"] == "protocol")
-    assert protocol_row["esc50_std"] == "matches paper" and protocol_row["ks2"] == "unrecorded"
+    assert protocol_row["esc50_std"] == "matches paper" and protocol_row["ks2"] == "finetune (protocol unrecorded)"
     assert protocol_row["ks1_std"].startswith("differs: input_geometry")
     with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base KS1"):
         build_comparison(find_results([tmp_path]), strict=True)

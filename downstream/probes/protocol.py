@@ -13,6 +13,7 @@ from typing import Any
 
 from maebench.downstream.probes.settings import (
     FinetuneSettings,
+    HearSettings,
     LinearSettings,
     ProbeSettings,
     SsastFinetuneSettings,
@@ -107,6 +108,9 @@ def _normalisation(upstream: Upstream, settings: ProbeSettings) -> str:
 def _layers(upstream: Upstream, probe: str, settings: ProbeSettings) -> str:
     if probe == "logreg":
         return "one layer, picked on dev"
+    if isinstance(settings, HearSettings):
+        return ("mean of all layers (maebench.hear's embedding)" if settings.layer == "mean"
+                else f"layer {settings.layer}")
     if isinstance(settings, SsastFinetuneSettings):
         whole = isinstance(upstream, Ssast) and settings.input_geometry == "global"
         return ("ft_avgtok: mean of every token of the final-normed output (v.norm)" if whole
@@ -132,6 +136,9 @@ def _augmentation(settings: ProbeSettings) -> list[str]:
 def _budget(settings: ProbeSettings) -> dict[str, Any]:
     if isinstance(settings, SsastFinetuneSettings):
         return {"epochs": settings.epochs, "batch_size": settings.batch_size, "grad_accum": settings.grad_accum}
+    if isinstance(settings, HearSettings):
+        return {"grid_points": settings.grid_points, "max_epochs": settings.max_epochs,
+                "batch_size": settings.batch_size, "check_every": settings.check_every, "patience": settings.patience}
     if isinstance(settings, (SuperbFinetuneSettings, LinearSettings)):
         return {"steps": settings.max_steps, "batch_size": settings.batch_size, "grad_accum": settings.grad_accum}
     return {"Cs": list(settings.Cs), "max_iter": settings.max_iter}

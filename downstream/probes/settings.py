@@ -17,7 +17,7 @@ from typing import Any, Literal
 from maebench.errors import MaebenchError
 from maebench.settings import from_mapping, set_field, to_plain
 
-PROBES = ("linear", "finetune", "logreg")
+PROBES = ("linear", "finetune", "logreg", "hear")
 
 
 @dataclass(kw_only=True)
@@ -118,7 +118,35 @@ class LogregSettings:
     max_iter: int = 1000
 
 
-ProbeSettings = LinearSettings | FinetuneSettings | LogregSettings
+@dataclass(kw_only=True)
+class HearSettings:
+    """hear-eval-kit's downstream protocol (2021.1.3, heareval/predictions/task_predictions.py PARAM_GRID and
+    runner.py): an MLP per grid point (Linear -> BatchNorm1d -> Dropout -> ReLU blocks, then a Linear), Adam,
+    full-batch-1024 epochs in file order, the task's first score on the validation split checked every
+    `check_every` epochs, early stopping after `patience` checks without a strict improvement, the best check's
+    model kept. `grid_points` of the grid (shuffled with `grid_seed`) are tried on the first fold; the best one's
+    settings train the other folds. Event tasks: frame-level, post-processing grid picked per check on validation."""
+
+    hidden_layers: tuple[int, ...] = (1, 2)
+    hidden_dim: tuple[int, ...] = (1024,)
+    dropout: tuple[float, ...] = (0.1,)
+    lr: tuple[float, ...] = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
+    initialization: tuple[Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"], ...] = (
+        "xavier_uniform", "xavier_normal")
+    grid_points: int = 8  # heareval.predictions.runner --grid-points default
+    grid_seed: int = 42  # seed_everything(42) before random.shuffle of the grid (deterministic runs)
+    batch_size: int = 1024
+    max_epochs: int = 500
+    check_every: int = 3  # check_val_every_n_epoch
+    patience: int = 20  # validation checks without improvement
+    shuffle: bool = False  # hear-eval-kit's train loader does not shuffle (its check compares a list to "train")
+    layer: str = "mean"  # the embedding: mean over the upstream's layers (maebench.hear's default) or an index
+    median_filter_ms: tuple[float, ...] = (250.0,)  # EVENT_POSTPROCESSING_GRID (event tasks)
+    min_duration_ms: tuple[float, ...] = (125.0, 250.0)
+    source: str = "hear-eval-kit 2021.1.3 heareval/predictions/task_predictions.py PARAM_GRID"
+
+
+ProbeSettings = LinearSettings | FinetuneSettings | LogregSettings | HearSettings
 FINETUNE_RECIPES: dict[str, type[FinetuneSettings]] = {"ssast": SsastFinetuneSettings,
                                                        "superb": SuperbFinetuneSettings}
 
@@ -129,6 +157,8 @@ def settings_class(probe: str, recipe: str | None = None) -> type:
         return LinearSettings
     if probe == "logreg":
         return LogregSettings
+    if probe == "hear":
+        return HearSettings
     if probe == "finetune":
         recipe = recipe or "ssast"
         if recipe not in FINETUNE_RECIPES:
@@ -192,8 +222,9 @@ def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = Non
 
 # value ranges types cannot express (as `maebench.config.validate` for pretraining)
 _POSITIVE = ("lr", "batch_size", "grad_accum", "max_steps", "projector_dim", "head_lr_mult", "epochs", "max_iter",
-             "target_length", "fbank_std")
-_NON_NEGATIVE = ("eval_every", "grad_clip", "warmup_steps", "weight_decay", "freqm", "timem", "train_crop_seconds")
+             "target_length", "fbank_std", "grid_points", "hidden_dim", "max_epochs", "check_every")
+_NON_NEGATIVE = ("patience", "eval_every", "grad_clip", "warmup_steps", "weight_decay", "freqm", "timem",
+                 "train_crop_seconds")
 
 
 def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
@@ -204,12 +235,21 @@ def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
         return MaebenchError(f"{origin} {key}={value}: must be {wanted}")
 
     values = settings_dict(settings)
-    for key in _POSITIVE:
-        if values.get(key) is not None and values[key] <= 0:
-            raise bad(key, values[key], "positive")
+    for key in _POSITIVE:  # a grid (the hear probe's lr, hidden_dim) must be non-empty and positive throughout
+        value = values.get(key)
+        numbers = value if isinstance(value, list) else [value]
+        if value is not None and (not numbers or min(numbers) <= 0):
+            raise bad(key, value, "positive")
     for key in _NON_NEGATIVE:
         if values.get(key) is not None and values[key] < 0:
             raise bad(key, values[key], "0 or more")
+    if "hidden_layers" in values:  # the hear probe's grids
+        if not values["hidden_layers"] or min(values["hidden_layers"]) < 0:
+            raise bad("hidden_layers", values["hidden_layers"], "0 or more hidden layers, e.g. 1,2")
+        if not values["dropout"] or not all(0 <= p < 1 for p in values["dropout"]):
+            raise bad("dropout", values["dropout"], "probabilities in [0, 1), e.g. 0.1")
+        if not values["initialization"]:
+            raise bad("initialization", values["initialization"], "one or more of xavier_uniform, xavier_normal")
     if not 0.0 <= values.get("mixup", 0.0) <= 1.0:
         raise bad("mixup", values["mixup"], "a probability in [0, 1]")
     if "betas" in values and not all(0.0 <= beta < 1.0 for beta in values["betas"]):

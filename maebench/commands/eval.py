@@ -30,13 +30,14 @@ def task_choice(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, type=task_choice, metavar="TASK",
                         help="as20k | esc50 | ks2 | ks1 | sid | er | as2m | all (the paper's six) | hear:PATH (a "
-                             "HEAR 2021 scene task folder; linear and logreg probes)")
+                             "HEAR 2021 task folder: scene tasks take linear, logreg or hear; event tasks hear)")
     parser.add_argument("--upstream", metavar="PATH|PRESET",
                         help="checkpoint dir, training run dir, official checkpoint file, preset such as "
                              "mae_ast_patch:tiny, s3prl:NAME[:PATH] or hear:MODULE[:WEIGHTS] (default: the latest "
                              "`maebench pretrain` run)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root in its official layout (default: toy data)")
-    parser.add_argument("--probe", default="linear", choices=("linear", "finetune", "logreg"))
+    parser.add_argument("--probe", default="linear", choices=("linear", "finetune", "logreg", "hear"),
+                        help="hear: hear-eval-kit's MLP grid search and early stopping (HEAR leaderboard numbers)")
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per fold (default 1)")
     parser.add_argument("--out", metavar="DIR", default="runs/eval",
                         help="parent of the new run directory (default runs/eval)")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.overrides)
     if args.task.startswith("hear:") and args.probe == "finetune":
-        raise MaebenchError("HEAR tasks take the frozen probes (--probe linear or logreg), not finetune")
+        raise MaebenchError("HEAR tasks take the frozen probes (--probe linear, logreg or hear), not finetune")
     if args.device:  # a missing GPU is a one-line error before any work, as in `maebench pretrain`
         from maebench.distributed import check_device
 
