@@ -148,10 +148,10 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
                             f"({', '.join(stages) or 'none defined'})")
     if parsed.evals.jobs < 1:
         raise MaebenchError(f"{origin}: evals.jobs must be at least 1, got {parsed.evals.jobs}")
-    bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune")]
+    bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune", "hear")]
     if bad_probes:
         raise MaebenchError(f"{origin}: unknown probe(s) {', '.join(bad_probes)} in evals.probes "
-                            "(linear, logreg, finetune)")
+                            "(linear, logreg, finetune, hear)")
     return parsed, stages, path
 
 
