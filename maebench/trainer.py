@@ -497,12 +497,25 @@ class Pretrainer:
         dropout streams."""
         seed = self.cfg.train.seed
         seed_everything(seed)
-        self.model = build_model(self.cfg).to(self.device)
-        self.model.train()
+        self.model = build_model(self.cfg)
+        self._save_init()
+        self.model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.state = ckpt.TrainerState()
         seed_everything(seed + 1_000_003 * self.env.rank)
+
+    def _save_init(self) -> None:
+        """RUN/init/: the weights step 0 starts from, the baseline of this run's evaluations (rank 0 writes)."""
+        cfg = self.cfg
+        provenance = {"trained_by": "maebench pretrain", "random_init_of": self.run_dir.name, "step": 0,
+                      "seed": cfg.train.seed, "model": f"{cfg.model.name}:{cfg.model.size}"}
+
+        def write() -> None:
+            with _writing(self.run_dir, None):
+                ckpt.save_init(self.run_dir, self.model, provenance)
+
+        _main_first(self.env, write)
 
     def _resume(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """Weights, optimizer, schedule, data position and every RNG stream of `checkpoint` (`saved`: its
