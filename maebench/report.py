@@ -176,12 +176,16 @@ def summarize(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, 
 
 
 def write_report(run_dir: str | Path, manifest: dict[str, Any], description: str = "") -> Path:
-    """RUN/report/{report.md, summary.json, loss.png, scores_<probe>.png, layers.png}; returns report.md's path."""
+    """RUN/report/{report.md, summary.json, loss.png, scores_<probe>.png, layers.png, reconstruction_<stage>.png};
+    returns report.md's path."""
+    from maebench.reconstruction import report_figures
+
     out = Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(manifest, run_dir)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(summary, out)
+    figures.update(report_figures(run_dir, manifest, out))  # each pretraining run's RUN/reconstruction.png
     write_text_atomic(out / "report.md", render_markdown(summary, manifest, figures, description))
     return out / "report.md"
 

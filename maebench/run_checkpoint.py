@@ -303,7 +303,7 @@ def check_run_dir(run_dir: Path) -> None:
 def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
-        if path.name in (RUN_LOCK_FILE, SKIP_FILES):
+        if path.name in (RUN_LOCK_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION):
             return path.is_file()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
@@ -371,7 +371,8 @@ class RunLock:
 
 
 def delete_run_outputs(run_dir: Path) -> list[str]:
-    """Delete only what `maebench pretrain` writes in a run dir (checkpoints, init, metrics, config); list it."""
+    """Delete only what `maebench pretrain` writes in a run dir (checkpoints, init, metrics, config, figure); list
+    it."""
     run_dir = Path(run_dir)
     deleted = []
     for path in resumable_checkpoints(run_dir):
@@ -389,7 +390,7 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
     if init.is_dir() and _written_by_pretrain(init):
         shutil.rmtree(init)
         deleted.append(layout.RUN_INIT)
-    for name in (METRICS_FILE, RUN_CONFIG_FILE):
+    for name in (METRICS_FILE, RUN_CONFIG_FILE, layout.RUN_RECONSTRUCTION):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)

@@ -552,7 +552,24 @@ class Pretrainer:
                     reporter.log(self.end_window())
                     if save_now:
                         self.save_checkpoint()
+        if self.env.is_main:
+            self._draw_reconstruction()
         return self.summary()
+
+    def _draw_reconstruction(self) -> None:
+        """RUN/reconstruction.png (maebench.reconstruction): rank 0, when training is over; a failure is a note."""
+        figure = self.run_dir / layout.RUN_RECONSTRUCTION
+        if self.last_checkpoint is None or (self.state.step == self.start_step and figure.exists()):
+            return
+        from maebench.reconstruction import write_run_figure
+
+        try:
+            write_run_figure(self.run_dir, self.cfg.data.source, self.cfg.data.clip_seconds)
+        except (MaebenchError, OSError, RuntimeError, ValueError) as err:  # the run itself is done and saved
+            print(f"note: no {figure.name} ({err})", flush=True)
+            return
+        if not self.quiet:
+            print(f"reconstruction figure: {figure}", flush=True)
 
     def train_step(self) -> None:
         """One optimizer step: grad_accum micro-batches forward and backward, clipping, the update, the schedule."""

@@ -7,8 +7,8 @@ and renamed into place, so readers never see a half-written checkpoint.
 
 This module is also the one home of the training-run layout (the trainer writes it, the registry loads from it):
 `RUN/config.yaml`, `RUN/metrics.jsonl`, `RUN/.lock`, `RUN/checkpoints/step_XXXXXXXX/` (the native files above +
-`trainer.pt`) and `RUN/init/` (the native files of the exact weights step 0 started from: the run's random-init
-baseline, never pruned).
+`trainer.pt`), `RUN/init/` (the native files of the exact weights step 0 started from: the run's random-init
+baseline, never pruned) and `RUN/reconstruction.png` (the figure drawn when training ends).
 Names under `RUN/checkpoints/` starting with `.staging-` are writes or deletions in progress, never checkpoints.
 `latest_checkpoint(run_dir)` is the one reader of that layout.
 """
@@ -212,6 +212,7 @@ RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
 RUN_INIT = "init"  # RUN/init/: the run's random init (a native checkpoint), the baseline of its evaluations
+RUN_RECONSTRUCTION = "reconstruction.png"  # RUN/reconstruction.png: init vs last step (maebench.reconstruction)
 RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` of this run (holds its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
