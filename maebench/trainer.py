@@ -30,7 +30,7 @@ from torch import nn
 from maebench import distributed as ddp
 from maebench import run_checkpoint as ckpt
 from maebench.atomic import write_text_atomic
-from maebench.config import PretrainConfig, check_required, config_hash, to_yaml, validate
+from maebench.config import PretrainConfig, check_required, config_hash, model_overrides, to_yaml, validate
 from maebench.errors import MaebenchError
 from maebench.paths import record_latest_pretrain_run
 from maebench.progress import progress_bar
@@ -71,7 +71,7 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     """
     from maebench import upstream
 
-    overrides = dict(cfg.model.overrides)
+    overrides = model_overrides(cfg)
     if cfg.model.name.startswith("ssast") and "target_frames" not in overrides:
         frames = num_frames(round(cfg.data.clip_seconds * SAMPLE_RATE), SSAST_FBANK)
         overrides["target_frames"] = -(-frames // 16) * 16
