@@ -218,20 +218,26 @@ def print_results_table(records: list[dict[str, Any]]) -> None:
 
     table = Table(title="maebench eval")
     for name, justify in (("task", "left"), ("upstream", "left"), ("probe", "left"), ("metric", "left"),
-                          ("score", "right"), ("std", "right"), ("chance", "right"), ("random init", "right"),
-                          ("difference ± noise", "right"), ("runs", "right"), ("time", "right")):
+                          ("score ± std", "right"), ("chance", "right"), ("random init (Δ ± noise)", "right"),
+                          ("runs", "right"), ("time", "right")):
         table.add_column(name, justify=justify, overflow="fold")
     for record in records:
         chance, base = record.get("chance"), record.get("baseline")
         table.add_row(
             record["task"], record["upstream"]["name"], record["probe"]["name"], record["metric"],
-            f"{record['score']:.2f}", f"{record['std']:.2f}", f"{chance['score']:.2f}" if chance else "–",
-            f"{base['score']:.2f}" if base else "–",
-            f"{base['difference']:+.2f} ± {base['noise']:.2f}" if base else "–", str(len(record["runs"])),
-            f"{record['timings']['total_s']:.1f}s",
+            f"{record['score']:.2f} ± {record['std']:.2f}", f"{chance['score']:.2f}" if chance else "–",
+            f"{base['score']:.2f} ({base['difference']:+.2f} ± {base['noise']:.2f})" if base else "–",
+            str(len(record["runs"])), f"{record['timings']['total_s']:.1f}s",
         )
     console = Console()
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or a file has no width: the table whole, on lines as long as it needs
+        from rich.measure import Measurement
+
+        wide = Console(width=100_000, file=console.file, color_system=None)
+        width = Measurement.get(wide, wide.options, table).maximum
+        Console(width=max(width, 80), file=console.file, color_system=None).print(table)
     for record in records:
         if record.get("baseline") or record.get("chance"):
             console.print(describe(record), soft_wrap=True, highlight=False)

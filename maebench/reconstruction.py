@@ -181,8 +181,10 @@ def write_run_figure(run_dir: str | Path, source: str | None, clip_seconds: floa
     if last is None or not (run_dir / RUN_INIT).is_dir():
         raise MaebenchError(f"{run_dir} has no checkpoint or no {RUN_INIT}/: nothing to draw")
     models = {"random init": load_native(run_dir / RUN_INIT), f"step {step_of(last)}": load_native(last)}
-    rows = [clip_panels(models, label, wav) for label, wav in figure_clips(source, clip_seconds)
-            if wav.numel() >= next(iter(models.values())).min_input_samples()]
+    clips = figure_clips(source, clip_seconds)
+    shortest = next(iter(models.values())).min_input_samples()
+    rows = [clip_panels(models, label, wav, SEED + i)  # a mask of its own per clip
+            for i, (label, wav) in enumerate(clips) if wav.numel() >= shortest]
     if not rows:
         raise MaebenchError(f"the clips of {source or 'the built-in corpus'} are too short to draw")
     family = next(iter(models.values())).family
