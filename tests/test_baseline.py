@@ -180,3 +180,17 @@ def test_overwrite_deletes_the_old_init_and_writes_the_new_one(tmp_path):
     second = load_file(str(run_dir / "init" / "model.safetensors"))
     assert any(not torch.equal(first[k], second[k]) for k in first)
     assert json.loads((run_dir / "init" / "config.json").read_text())["provenance"]["seed"] == 5
+
+
+def test_auto_baseline_is_for_the_frozen_probes_and_init_asks_for_it_anyway(pretrain_run):
+    from maebench.downstream.baseline import baseline_upstream
+
+    run_dir = pretrain_run[0]
+    init = run_dir / "init"
+    assert baseline_upstream(str(run_dir), "auto", "linear") == init
+    assert baseline_upstream(str(run_dir), "auto", "logreg") == init
+    assert baseline_upstream(str(run_dir), "auto", "finetune") is None  # a second fine-tuning: only when asked
+    assert baseline_upstream(str(run_dir), "init", "finetune") == init
+    assert baseline_upstream(str(run_dir), "none", "linear") is None
+    assert baseline_upstream("mae_ast_patch:tiny", "auto", "linear") is None  # a preset has no run
+    assert baseline_upstream(str(init), "auto", "linear") is None  # the init itself has no baseline
