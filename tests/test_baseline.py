@@ -21,6 +21,10 @@ from maebench.downstream.tasks.base import Example, Fold, Task
 from maebench.trainer import Pretrainer
 from maebench.upstream.registry import fingerprint, load
 
+# runs of the same directory twice in one process: no loader worker (a forked worker keeps the run's lock file open
+# until it exits, so a second run in this process could find the directory still locked)
+NO_WORKERS = "data.num_workers=0"
+
 
 @pytest.fixture(scope="module")
 def toy_ks2(tmp_path_factory) -> Path:
@@ -104,7 +108,7 @@ def pretrain_run(tmp_path_factory):
         patch.setattr(Pretrainer, "train_step", spy)
         assert main(["pretrain", "--data", str(clips), "--run-dir", str(run_dir), "--set", TINY_MODEL,
                      "--set", "train.device=cpu", "--max-steps", "3", "--batch-size", "4", "--quiet",
-                     "--threads", "1"]) == 0
+                     "--threads", "1", "--set", NO_WORKERS]) == 0
     return run_dir, clips, seen[0]
 
 
@@ -119,7 +123,7 @@ def test_pretrain_saves_the_exact_step0_weights_as_the_runs_init(pretrain_run):
     # rerun with more steps (a resume): the init is the same and left as it is
     assert main(["pretrain", "--data", str(clips), "--run-dir", str(run_dir), "--set", TINY_MODEL, "--set",
                  "train.device=cpu", "--max-steps", "4", "--batch-size", "4", "--quiet", "--threads", "1",
-                 "--resume"]) == 0
+                 "--resume", "--set", NO_WORKERS]) == 0
     assert (run_dir / "init" / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -173,7 +177,8 @@ def test_overwrite_deletes_the_old_init_and_writes_the_new_one(tmp_path):
     clips = write_tone_clips(tmp_path / "clips", count=8)
     run_dir = tmp_path / "run"
     common = ["pretrain", "--data", str(clips), "--run-dir", str(run_dir), "--set", TINY_MODEL, "--set",
-              "train.device=cpu", "--max-steps", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
+              "train.device=cpu", "--max-steps", "1", "--batch-size", "4", "--quiet", "--threads", "1", "--set",
+              NO_WORKERS]
     assert main(common) == 0
     first = load_file(str(run_dir / "init" / "model.safetensors"))
     assert main([*common, "--set", "train.seed=5", "--overwrite"]) == 0

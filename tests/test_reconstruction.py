@@ -90,14 +90,14 @@ def test_pretrain_writes_the_figure_into_the_run(tmp_path, name, overrides, caps
     run_dir = tmp_path / "run"
     assert main(["pretrain", "--data", str(clips), "--run-dir", str(run_dir), "--model", name,
                  "--set", f"model.overrides={overrides}", "--set", "train.device=cpu", "--max-steps", "2",
-                 "--batch-size", "4", "--threads", "1"]) == 0
+                 "--batch-size", "4", "--threads", "1", "--set", "data.num_workers=0"]) == 0
     figure = run_dir / "reconstruction.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
     assert f"reconstruction figure: {figure}" in capsys.readouterr().out
     # the figure is the run's own: --overwrite removes it with the rest, and the new run draws it again
     assert main(["pretrain", "--data", str(clips), "--run-dir", str(run_dir), "--model", name,
                  "--set", f"model.overrides={overrides}", "--set", "train.device=cpu", "--max-steps", "1",
-                 "--batch-size", "4", "--threads", "1", "--overwrite", "--quiet"]) == 0
+                 "--batch-size", "4", "--threads", "1", "--overwrite", "--quiet", "--set", "data.num_workers=0"]) == 0
     assert "reconstruction.png" in capsys.readouterr().out and figure.exists()
 
 
