@@ -28,7 +28,7 @@ from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
 from maebench.errors import MaebenchError
 from maebench.paths import usable_dir
-from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
+from maebench.upstream.checkpoint import RUN_CHECKPOINTS, RUN_INIT, is_run_dir
 from maebench.upstream.interface import Upstream
 
 RESULTS_FORMAT = 1
@@ -62,6 +62,7 @@ def upstream_slug(identity: dict[str, Any]) -> str:
     else:
         path = Path(identity["path"])
         text = f"{path.parents[1].name}-{path.name}" if path.parent.name == RUN_CHECKPOINTS else path.stem
+        text = f"{path.parent.name}-{text}" if path.name == RUN_INIT else text
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "upstream"
 
 
@@ -86,10 +87,16 @@ def evaluate(
     task_name: str, upstream_spec: str | Path | Upstream, *, data_root: str | Path | None = None,
     probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
-    show_table: bool = True, num_workers: int | None = None,
+    show_table: bool = True, num_workers: int | None = None, baseline: str = "none",
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
-    (its path under the key "results_path", which is not written to the file)."""
+    (its path under the key "results_path", which is not written to the file).
+
+    results.json records the task's chance level; `baseline` "init" (or "auto", see
+    `maebench.downstream.baseline`) also evaluates the pretraining run's random init the same way (its own
+    results.json) and records the difference with its noise under "baseline".
+    """
+    from maebench.downstream.baseline import baseline_upstream, chance_level, compare_with_baseline
     from maebench.downstream.datasets import load_task
 
     if probe not in PROBES:
@@ -98,6 +105,7 @@ def evaluate(
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
     out_dir = usable_dir(out_dir if out_dir is not None else DEFAULT_OUT, "--out")  # before any work
+    init = baseline_upstream(upstream_spec, baseline, probe)
     task = load_task(task_name, data_root)
     model, identity = resolve_upstream(upstream_spec)
     family = protocol_family(model)
@@ -124,6 +132,11 @@ def evaluate(
 
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     record["protocol"] = protocol
+    record["chance"] = chance_level(task)
+    if init is not None:  # the same task, probe, settings, seeds and folds; its features are cached like any others
+        base = evaluate(task_name, init, data_root=data_root, probe=probe, seeds=seeds, out_dir=out_dir,
+                        overrides=overrides, quiet=quiet, device=device, show_table=False, num_workers=num_workers)
+        record["baseline"] = compare_with_baseline(record, base, sum(len(fold.test) for fold in task.folds))
     run_dir = new_run_dir(out_dir, f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
     write_text_atomic(results_path, strict_json(record))
@@ -205,18 +218,23 @@ def print_results_table(records: list[dict[str, Any]]) -> None:
     """The final summary: one row per evaluation."""
     from rich.console import Console
 
+    from maebench.downstream.baseline import describe
     from maebench.tables import new_table, print_table
 
-    table = new_table("maebench eval", ("task", "upstream", "probe", "metric", "score", "std", "runs", "time"),
-                      names=4)
+    table = new_table("maebench eval", ("task", "upstream", "probe", "metric", "score ± std", "chance",
+                                        "random init (Δ ± noise)", "runs", "time"), names=4)
     for record in records:
+        chance, base = record.get("chance"), record.get("baseline")
         table.add_row(
             record["task"], record["upstream"]["name"], record["probe"]["name"], record["metric"],
-            f"{record['score']:.2f}", f"{record['std']:.2f}", str(len(record["runs"])),
-            f"{record['timings']['total_s']:.1f}s",
+            f"{record['score']:.2f} ± {record['std']:.2f}", f"{chance['score']:.2f}" if chance else "–",
+            f"{base['score']:.2f} ({base['difference']:+.2f} ± {base['noise']:.2f})" if base else "–",
+            str(len(record["runs"])), f"{record['timings']['total_s']:.1f}s",
         )
     console = Console()
     print_table(table, console)
     for record in records:
+        if record.get("baseline") or record.get("chance"):
+            console.print(describe(record), soft_wrap=True, highlight=False)
         if record.get("results_path"):
             console.print(f"{record['task']}: {record['results_path']}", soft_wrap=True)

@@ -94,6 +94,8 @@ class Result:
     data_root: str | None = None  # results.json data.root: the dataset the score was measured on
     hparams: dict[str, Any] | None = None  # results.json probe.hparams: the probe settings used
     fingerprint: str | None = None  # results.json upstream.fingerprint: the weights evaluated
+    chance: float | None = None  # results.json chance.score: the task's chance level (None: not recorded)
+    baseline: dict[str, Any] | None = None  # results.json baseline: the run's random init, difference and noise
 
 
 def protocol_label(result: Result) -> str:
@@ -225,6 +227,9 @@ def read_result(path: str | Path) -> Result:
         data_root=None if dataset.get("root") is None else str(dataset["root"]),
         hparams=hparams if isinstance(hparams, dict) else None,
         fingerprint=upstream.get("fingerprint") if isinstance(upstream.get("fingerprint"), str) else None,
+        chance=_number(data["chance"]["score"], path, "chance.score") if isinstance(data.get("chance"), dict)
+        else None,
+        baseline=data["baseline"] if isinstance(data.get("baseline"), dict) else None,
     )
 
 
@@ -403,6 +408,7 @@ def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                                     for t in comparison.tasks])
         lines.append(["  protocol"] + [protocol_label(row.results[t]) if t in row.results else "–"
                                        for t in comparison.tasks])
+        lines += _baseline_lines(row, comparison.tasks)
         if row.reference is not None:
             lines.append([f"  Δ vs {row.reference.label}"] + [_signed(row.delta(t)) for t in comparison.tasks])
     for ref in comparison.references:
@@ -410,6 +416,21 @@ def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             f"{ref.scores[t]:.1f}" if t in ref.scores else "–" for t in comparison.tasks
         ])
     return header, lines
+
+
+def _baseline_lines(row: Row, tasks: list[str]) -> list[list[str]]:
+    """The row's baselines, when its results recorded them: its random init's score with the difference and its
+    noise (`maebench eval --baseline`), and the task's chance level."""
+    results = [row.results.get(t) for t in tasks]
+    lines = []
+    if any(r is not None and r.baseline for r in results):
+        lines.append(["  random init (Δ ± noise)"] + [
+            f"{r.baseline['score']:.1f} ({r.baseline['difference']:+.1f} ± {r.baseline['noise']:.1f})"
+            if r is not None and r.baseline else "–" for r in results])
+    if any(r is not None and r.chance is not None for r in results):
+        lines.append(["  chance"] + [f"{r.chance:.1f}" if r is not None and r.chance is not None else "–"
+                                     for r in results])
+    return lines
 
 
 def render_markdown(comparison: Comparison) -> str:
@@ -448,6 +469,14 @@ def render_csv(comparison: Comparison) -> str:
                                                                    else "matches paper")
             protocols += [protocol_label(result) if result else "", status]
         writer.writerow(["protocol", row.upstream, row.probe, int(row.toy), ref, *protocols])
+        results = [row.results.get(task) for task in comparison.tasks]
+        if any(r is not None and r.baseline for r in results):  # the run's random init: its score and std
+            writer.writerow(["init", row.upstream, row.probe, int(row.toy), ref, *[
+                fmt(r.baseline[key] if r is not None and r.baseline else None) for r in results
+                for key in ("score", "std")]])
+        if any(r is not None and r.chance is not None for r in results):
+            writer.writerow(["chance", row.upstream, row.probe, int(row.toy), ref, *[
+                value for r in results for value in (fmt(r.chance if r is not None else None), "")]])
         if row.reference is not None:
             deltas = []
             for task in comparison.tasks:

@@ -7,7 +7,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
     RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
     RUN/.lock                    held by the live `maebench run` (a second one on RUN is refused, naming its pid)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
-    RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
+    RUN/pretrain/NAME/init/      its random init (the weights step 0 started from; written by maebench.trainer)
     RUN/pretrain/NAME.log        that pretraining's whole output (its manifest entry's "log")
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
     RUN/stats/                   per-layer feature statistics of every upstream (maebench.feature_stats)
@@ -628,7 +628,9 @@ def stage_log(name: str) -> str:
 
 
 def init_dir(run_dir: Path, name: str) -> Path:
-    return run_dir / "pretrain" / f"{name}-init"
+    from maebench.upstream.checkpoint import RUN_INIT
+
+    return run_dir / "pretrain" / name / RUN_INIT
 
 
 def pretrain_config(spec: PretrainStage, run_dir: Path):
@@ -713,18 +715,12 @@ def describe_plan(runner: Runner) -> str:
 
 
 def _child(job_path: Path) -> None:
-    """One pretraining stage in its own process: the random-init checkpoint, the step budget, then training."""
+    """One pretraining stage in its own process: the step budget, then training (which saves the random init)."""
     from maebench.config import from_dict
-    from maebench.trainer import build_model, seed_everything, train
-    from maebench.upstream import save_upstream
+    from maebench.trainer import train
 
     job = json.loads(job_path.read_text())
     cfg = from_dict(job["config"], origin=str(job_path))
-    init = Path(job["init_dir"])
-    if not (init / "config.json").exists():  # the trainer seeds, then builds: the same weights as its step 0
-        seed_everything(cfg.train.seed)
-        save_upstream(build_model(cfg), init, provenance={"random_init_of": cfg.default_run_dir().name,
-                                                          "seed": cfg.train.seed})
     resume = False
     if job["budget_seconds"]:
         calibration = Path(job["calibration"])

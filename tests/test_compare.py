@@ -279,3 +279,26 @@ def test_names_are_printed_whole_when_not_on_a_terminal(tmp_path, capsys):
     assert long_name in printed and "…" not in printed
     row = next(line for line in printed.splitlines() if long_name in line)
     assert all(score in row for score in ("50.0 ± 0.5", "55.0 ± 0.5"))  # the whole row on one line
+
+
+def test_recorded_baselines_show_as_random_init_and_chance_lines(tmp_path):
+    """results.json from `maebench eval` with a baseline: the row gets its init's score with the difference and
+    noise, and the chance level; rows without them get no such lines."""
+    root = tmp_path / "runs"
+    path = write_result(root, "a", "ks2", 35.0, 0.0, upstream="runs/pretrain/x", family="mae_ast")
+    record = json.loads(path.read_text())
+    record["chance"] = {"score": 2.9, "per_fold": {"default": 2.9}, "definition": "majority class"}
+    record["baseline"] = {"kind": "init", "score": 31.4, "std": 0.0, "difference": 3.6, "noise": 1.5,
+                          "beats": True, "upstream": {"name": "runs/pretrain/x/init"}}
+    path.write_text(json.dumps(record))
+    write_result(root, "b", "esc50", 50.0, 1.0, upstream="runs/pretrain/x", family="mae_ast")  # no baselines
+    write_result(root, "c", "ks2", 30.0, 0.0, upstream="ssast_frame:base", family="ssast")
+    comparison = build_comparison(find_results([root]))
+    lines = render_markdown(comparison).splitlines()
+    assert "| random init (Δ ± noise) | – | 31.4 (+3.6 ± 1.5) |" in lines
+    assert "| chance | – | 2.9 |" in lines
+    assert sum(line.startswith("| random init") for line in lines) == 1  # the ssast row recorded none
+    rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
+    init = next(r for r in rows if r["kind"] == "init")
+    assert (init["upstream"], init["ks2"], init["ks2_std"], init["esc50"]) == ("runs/pretrain/x", "31.4", "0", "")
+    assert next(r for r in rows if r["kind"] == "chance")["ks2"] == "2.9"
