@@ -25,6 +25,8 @@ from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
 from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
+from maebench.downstream.selection import SOURCE as SELECTION_SOURCE
+from maebench.downstream.selection import test_selected_scores
 from maebench.errors import MaebenchError
 from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
 from maebench.upstream.interface import Upstream
@@ -145,24 +147,32 @@ def strict_json(record: dict[str, Any]) -> str:
 
 def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     results: list[tuple[str, int, ProbeResult]], total_s: float) -> dict[str, Any]:
+    scores = [result.score for _, _, result in results]
+    selection = None
+    if all("epoch_test_scores" in result.details for _, _, result in results):  # model_selection test_epoch_mean
+        epoch, scores = test_selected_scores([result.details["epoch_test_scores"] for _, _, result in results])
+        selection = {"rule": "best mean test epoch", "on_test": True, "epoch": epoch + 1, "source": SELECTION_SOURCE,
+                     "last_epoch_score": round(mean_std([r.score for _, _, r in results])[0], 4)}
     by_fold: dict[str, list[float]] = {}
-    for fold, _, result in results:
-        by_fold.setdefault(fold, []).append(result.score)
+    for (fold, _, _), score in zip(results, scores, strict=True):
+        by_fold.setdefault(fold, []).append(score)
     fold_means = [mean_std(scores)[0] for scores in by_fold.values()]
     if len(by_fold) > 1:
         score, std = mean_std(fold_means)
     else:
         score, std = mean_std(next(iter(by_fold.values())))
     runs = []
-    for fold, seed, result in results:
-        entry = {"fold": fold, "seed": seed, "score": round(result.score, 4),
+    for (fold, seed, result), score in zip(results, scores, strict=True):
+        entry = {"fold": fold, "seed": seed, "score": round(score, 4),
                  "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
         for key in ("selected_layer", "selected_C"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        for key in ("best_step", "selection", "train_crops"):
+        for key in ("best_step", "selection", "train_crops", "epoch_test_scores"):
             if key in result.details:
                 entry[key] = result.details[key]
+        if selection is not None:
+            entry["selection"] = f"epoch {selection['epoch']}: best mean test score over all folds (on test)"
         runs.append(entry)
     return {
         "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,
@@ -173,6 +183,7 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     "train_s": round(sum(r.timings.get("train_s", 0.0) for _, _, r in results), 3),
                     "total_s": round(total_s, 3)},
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"selection": selection} if selection is not None else {}),
     }
 
 
