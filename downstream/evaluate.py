@@ -154,16 +154,16 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
         selection = {"rule": "best mean test epoch", "on_test": True, "epoch": epoch + 1, "source": SELECTION_SOURCE,
                      "last_epoch_score": round(mean_std([r.score for _, _, r in results])[0], 4)}
     by_fold: dict[str, list[float]] = {}
-    for (fold, _, _), score in zip(results, scores, strict=True):
-        by_fold.setdefault(fold, []).append(score)
+    for (fold, _, _), run_score in zip(results, scores, strict=True):
+        by_fold.setdefault(fold, []).append(run_score)
     fold_means = [mean_std(scores)[0] for scores in by_fold.values()]
     if len(by_fold) > 1:
         score, std = mean_std(fold_means)
     else:
         score, std = mean_std(next(iter(by_fold.values())))
     runs = []
-    for (fold, seed, result), score in zip(results, scores, strict=True):
-        entry = {"fold": fold, "seed": seed, "score": round(score, 4),
+    for (fold, seed, result), run_score in zip(results, scores, strict=True):
+        entry = {"fold": fold, "seed": seed, "score": round(run_score, 4),
                  "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
         for key in ("selected_layer", "selected_C"):
             if key in result.hparams:
