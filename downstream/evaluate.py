@@ -27,6 +27,7 @@ from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
 from maebench.downstream.selection import SOURCE as SELECTION_SOURCE
 from maebench.downstream.selection import test_selected_scores
+from maebench.downstream.tasks.audioset import relabelled_task, train_labels_record
 from maebench.errors import MaebenchError
 from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
 from maebench.upstream.interface import Upstream
@@ -102,6 +103,9 @@ def evaluate(
     family = protocol_family(model)
     settings = resolve_settings(probe, task, overrides, family=family)
     protocol = describe_protocol(model, task, probe, settings, family, family_defaults(task, probe, family)[1])
+    protocol["labels"] = train_labels_record(task, settings)
+    if getattr(settings, "train_labels", None):  # AudioSet: a label-enhanced training file (PSLA's, as SSAST)
+        task = relabelled_task(task, settings.train_labels)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if num_workers is None:

@@ -210,7 +210,7 @@ def _audioset(root: Path) -> Path:
 
 
 def test_an_enhanced_label_file_relabels_training_clips_by_file_name(tmp_path):
-    from maebench.downstream.tasks.audioset import load_audioset, relabel, train_labels_record
+    from maebench.downstream.tasks.audioset import load_audioset, relabel, relabelled_task, train_labels_record
 
     root = _audioset(tmp_path / "as")
     task = load_audioset("as20k", root, probe_defaults("as20k", True), True)
@@ -223,8 +223,9 @@ def test_an_enhanced_label_file_relabels_training_clips_by_file_name(tmp_path):
     expected = {f"Y{i:02d}clip_30.000_40.000.wav": (0, 2) for i in (0, 1, 2)} | {"Y03clip_30.000_40.000.wav": (0,)}
     assert {ex.path.name: ex.label for ex in relabelled} == expected
     settings = resolve_settings("finetune", task, {"train_labels": str(enhanced), "dev_holdout": "false"})
-    fold = training_fold(task.folds[0], settings, task)
+    fold = training_fold(relabelled_task(task, settings.train_labels).folds[0], settings)
     assert sorted(ex.label for ex in fold.train) == sorted(expected.values()) and fold.dev == []
+    assert relabelled_task(task, enhanced).folds[0].test == task.folds[0].test  # test labels stay as shipped
     assert protocol_fields("finetune", settings)["train_labels"] == "psla enhanced"
     assert train_labels_record(task, settings)["relabelled"] == 3
     plain = resolve_settings("finetune", task)
@@ -346,3 +347,24 @@ def test_er_uses_s3prl_meta_data_order_when_present(tmp_path):
     assert [ex.key for ex in s3prl_order(tmp_path, "Session1", pool)] == [pool[i].key for i in order]
     with pytest.raises(MaebenchError, match="re-run s3prl's IEMOCAP_preprocess.py"):
         s3prl_order(tmp_path, "Session1", pool[:4])
+
+
+def test_evaluate_records_the_label_file_and_the_paper_flag_follows_it(tmp_path):
+    """End to end on a hand-made AS-20K layout: with PSLA's file the run meets the paper's AS-20K protocol
+    (results.json says how many clips it relabelled); without it the flag is false and says why."""
+    from maebench.downstream.evaluate import evaluate
+
+    root = _audioset(tmp_path / "as")
+    enhanced = tmp_path / "balanced_train_data_type1_2_mean.json"
+    enhanced.write_text(json.dumps({"data": [
+        {"wav": f"/elsewhere/Y{i:02d}clip_30.000_40.000.wav", "labels": "/m/c"} for i in range(4)]}))
+    common = {"epochs": 1, "weight_averaging": "1,1", "batch_size": 4}
+    with_file = evaluate("as20k", _small_mae_ast("frame"), data_root=root, probe="finetune", out_dir=tmp_path / "a",
+                         quiet=True, overrides={**common, "train_labels": str(enhanced)})
+    assert with_file["protocol"]["paper_protocol"] is True
+    assert with_file["protocol"]["labels"]["relabelled"] == 4 and with_file["protocol"]["labels"]["clips"] == 4
+    plain = evaluate("as20k", _small_mae_ast("frame"), data_root=root, probe="finetune", out_dir=tmp_path / "b",
+                     quiet=True, overrides=common)
+    assert plain["protocol"]["paper_protocol"] is False
+    assert plain["protocol"]["paper_differences"] == ["train_labels: as shipped (paper: psla enhanced)"]
+    assert "NOT the reference's labels" in plain["protocol"]["labels"]["train"]

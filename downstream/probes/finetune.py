@@ -62,7 +62,7 @@ def finetune_probe(
     settings = settings if settings is not None else resolve_settings("finetune", task,
                                                                       family=protocol_family(upstream))
     apply_input_protocol(upstream, settings)
-    run = _setup(upstream, task, training_fold(fold, settings, task), settings, seed=seed, num_workers=num_workers)
+    run = _setup(upstream, task, training_fold(fold, settings), settings, seed=seed, num_workers=num_workers)
     start = time.perf_counter()
     upstream.fbank_augment = run.augment if run.augment.active else None
     upstream.input_augment = NoiseRoll() if settings.noise_augment else None

@@ -23,7 +23,6 @@ from maebench.downstream.probes.settings import (
     SuperbFinetuneSettings,
     settings_dict,
 )
-from maebench.downstream.tasks.audioset import relabel, train_labels_record
 from maebench.errors import MaebenchError
 from maebench.upstream.interface import Upstream
 from maebench.upstream.mae_ast import MaeAst
@@ -66,15 +65,12 @@ def apply_input_protocol(upstream: Upstream, settings: FinetuneSettings) -> None
         upstream.token_features = settings.feature_layout == "tokens"
 
 
-def training_fold(fold, settings: FinetuneSettings, task=None):
+def training_fold(fold, settings: FinetuneSettings):
     """`fold`, or with dev_holdout False its dev clips returned to training and no dev split (no model selection),
-    as the reference recipes that train on the full training set do; with `train_labels` (AudioSet) the training
-    clips take that file's labels (`maebench.downstream.tasks.audioset.relabel`)."""
-    if not settings.dev_holdout and fold.dev:
-        fold = dataclasses.replace(fold, train=fold.train + fold.dev, dev=[])
-    if settings.train_labels:
-        fold = dataclasses.replace(fold, train=relabel(task, fold.train, settings.train_labels)[0])
-    return fold
+    as the reference recipes that train on the full training set do."""
+    if settings.dev_holdout or not fold.dev:
+        return fold
+    return dataclasses.replace(fold, train=fold.train + fold.dev, dev=[])
 
 
 def _input(upstream: Upstream, task, settings: ProbeSettings) -> dict[str, Any]:
@@ -200,7 +196,6 @@ def describe_protocol(upstream: Upstream, task, probe: str, settings: ProbeSetti
         "input": inputs, "normalisation": _normalisation(upstream, settings),
         "layers": _layers(upstream, probe, settings), "augmentation": _augmentation(settings),
         "budget": _budget(settings), "dev": dev, "selection": _selection(fields["selection"]),
-        "labels": train_labels_record(task, settings),
         "sources": {"settings": getattr(settings, "source", "") or "maebench (scikit-learn LogisticRegression)",
                     "input": inputs["source"], "dev": dev},
         "paper": None if paper is None else {"fields": paper.fields, "sources": paper.sources},

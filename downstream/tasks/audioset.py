@@ -111,7 +111,7 @@ ENHANCED_LABELS = "balanced_train_data_type1_2_mean.json"
 def relabel(task: Task, examples: list[Example], label_file: str | Path) -> tuple[list[Example], int]:
     """(`examples` with the labels `label_file` gives their clips, how many were relabelled). Clips are matched by
     file name (the enhanced file lists the authors' own paths); a clip it does not list keeps its label. A file
-    that matches no training clip is a MaebenchError (it is not a label file for this data)."""
+    that matches none of `examples` is a MaebenchError (it is not a label file for this data)."""
     path = Path(label_file).expanduser()
     mids, _ = read_class_labels(Path(task.root) / LABELS_CSV)
     listed = read_datafile(path, Path(task.root), {m: i for i, m in enumerate(mids)})
@@ -123,6 +123,17 @@ def relabel(task: Task, examples: list[Example], label_file: str | Path) -> tupl
         raise MaebenchError(f"label file {path} names none of the {len(examples)} training clips of {task.root} "
                             "(clips are matched by file name); pass the label file of this AudioSet copy")
     return out, matched
+
+
+def relabelled_task(task: Task, label_file: str | Path) -> Task:
+    """`task` with the training and dev clips of every fold (all from the balanced training file) taking the labels
+    of `label_file` (`relabel`); test clips keep theirs."""
+    folds = []
+    for fold in task.folds:
+        relabelled, _ = relabel(task, fold.train + fold.dev, label_file)
+        folds.append(dataclasses.replace(fold, train=relabelled[: len(fold.train)],
+                                         dev=relabelled[len(fold.train):]))
+    return dataclasses.replace(task, folds=folds, _fingerprint=None)
 
 
 def train_labels_record(task: Task, settings) -> dict:
