@@ -60,6 +60,13 @@ class DataConfig:
     # With "shortest": build batches from clips of similar recorded length (needs a .tsv manifest's lengths;
     # fairseq's size-sorted batching in the public code). Off in the demo, whose clips all exceed clip_seconds.
     bucket: bool = False
+    # With "fixed": where a longer file is cut. "start" keeps its first clip_seconds of fbank frames, as SSAST's
+    # dataloader.py keeps the first target_length frames of the whole file's fbank; "random": a random offset.
+    fixed_crop: Literal["start", "random"] = "start"
+    # The validation clips of optim.schedule "plateau" (SSAST's): `valid_clips` held out of the pretraining list,
+    # or, with valid_source, a list of its own (the authors validated on AudioSet's eval split, eval_data.json).
+    valid_clips: int = 0
+    valid_source: str | None = None
     # Decoding workers: processes for the "torch" loader (a DataLoader), threads for "fairseq2" (fairseq2's C++
     # pipeline in the training process; the `fairseq2` extra). Both deliver the same batches (maebench.fairseq2_data);
     # `maebench bench data` measures which is faster on a machine.
@@ -78,8 +85,19 @@ class OptimConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     warmup_steps: int = 32000
-    # after warm-up: polynomial decay to end_lr (power 1 = linear), cosine to end_lr, or constant
-    schedule: Literal["polynomial", "cosine", "constant"] = "polynomial"
+    # 0: the warm-up rises every step; N: in stairs of N steps from 0, as SSAST's traintest_mask.py (every 50 steps
+    # lr = step / 1000 * lr, so the first 50 steps do not move the weights)
+    warmup_stairs: int = 0
+    # after warm-up: polynomial decay to end_lr (power 1 = linear), cosine to end_lr, constant, or "plateau":
+    # constant, times plateau_factor whenever the held-out plateau_metric (data.valid_clips clips, checked every
+    # plateau_every steps) has not improved for more than plateau_patience checks (SSAST's traintest_mask.py:
+    # ReduceLROnPlateau(mode max, factor 0.5, patience 2) on the validation InfoNCE accuracy every 4,000 steps)
+    schedule: Literal["polynomial", "cosine", "constant", "plateau"] = "polynomial"
+    plateau_every: int = 4000
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    plateau_metric: str = "nce_acc"  # a stat of the model's pretrain_loss, or "loss"
+    plateau_mode: Literal["max", "min"] = "max"
     power: float = 1.0
     end_lr: float = 0.0
     clip_grad_norm: float = 10.0  # 0 = no clipping
@@ -219,16 +237,23 @@ def validate(cfg: PretrainConfig) -> None:
     t, o = cfg.train, cfg.optim
     positive = {"train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.grad_accum": t.grad_accum,
                 "train.log_every": t.log_every, "train.ckpt_every": t.ckpt_every, "train.keep_last": t.keep_last,
-                "data.clip_seconds": cfg.data.clip_seconds, "optim.lr": o.lr}
+                "data.clip_seconds": cfg.data.clip_seconds, "optim.lr": o.lr, "optim.plateau_every": o.plateau_every}
     for key, value in positive.items():
         if value <= 0:
             raise MaebenchError(f"{key}={value} must be positive: set it with --set {key}=...")
     non_negative = {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
                     "optim.clip_grad_norm": o.clip_grad_norm, "optim.end_lr": o.end_lr, "data.num_workers":
-                    cfg.data.num_workers, "optim.eps": o.eps, "data.min_seconds": cfg.data.min_seconds}
+                    cfg.data.num_workers, "optim.eps": o.eps, "data.min_seconds": cfg.data.min_seconds,
+                    "data.valid_clips": cfg.data.valid_clips, "optim.plateau_patience": o.plateau_patience,
+                    "optim.warmup_stairs": o.warmup_stairs}
     for key, value in non_negative.items():
         if value < 0:
             raise MaebenchError(f"{key}={value} must not be negative: set it with --set {key}=...")
+    if o.schedule == "plateau" and cfg.data.valid_clips == 0 and not cfg.data.valid_source:
+        raise MaebenchError("optim.schedule=plateau checks a held-out metric: hold out clips with --set "
+                            "data.valid_clips=N or name a validation list with --set data.valid_source=PATH")
+    if not 0 < o.plateau_factor < 1:
+        raise MaebenchError(f"optim.plateau_factor={o.plateau_factor} must be between 0 and 1 (SSAST: 0.5)")
     if cfg.data.clip_seconds < 0.2:  # a 16x16 patch needs 16 fbank frames = 0.175 s
         raise MaebenchError(f"data.clip_seconds={cfg.data.clip_seconds} is too short for a 16-frame patch: use >= 0.2")
     if batch_length(cfg) == "shortest" and cfg.data.min_seconds < 0.2:  # the batch is as long as its shortest clip

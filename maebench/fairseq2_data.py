@@ -131,6 +131,7 @@ def build_fairseq2_loader(
     min_seconds: float = 0.0,
     crop_to_shortest: bool = False,
     bucket: bool = False,
+    fixed_crop: str = "start",
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -144,7 +145,7 @@ def build_fairseq2_loader(
     from fairseq2.data.data_pipeline import read_sequence
 
     sampler, collate = batch_plan(items, clip_seconds=clip_seconds, batch_size=batch_size, seed=seed,
-                                  crop_to_shortest=crop_to_shortest, bucket=bucket, rank=rank,
+                                  crop_to_shortest=crop_to_shortest, bucket=bucket, fixed_crop=fixed_crop, rank=rank,
                                   world_size=world_size, epoch=epoch, batch_in_epoch=batch_in_epoch)
     keys = [[index, epoch] for batch in sampler for index, epoch in batch]
     pipeline = (

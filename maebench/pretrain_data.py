@@ -6,7 +6,11 @@ Two ways to shape a batch (`data.batch_length`, resolved per model family by `ma
   the model never learns from silence it was not given. Clips under `min_seconds` are dropped (the public
   `min_sample_size: 32000`, config/pretrain/mae_ast.yaml line 30). With `bucket`, batches are cut from the epoch's
   clips sorted by length, then shuffled (fairseq's `ordered_indices` + `batch_by_size`), so a batch crops little.
-- "fixed" (SSAST, its authors' dataloader): every clip is cropped or zero-padded to `clip_seconds`.
+- "fixed" (SSAST, its authors' dataloader): every clip is cut or zero-padded to `clip_seconds` of fbank frames
+  (10.24 s -> 1,024 frames = 400 + 1,023 * 160 samples, `fixed_clip_samples`). A longer file keeps its start, as
+  src/dataloader.py `_wav2fbank` keeps the first target_length frames of the whole file's fbank (the whole-file
+  mean it subtracts first changes nothing: Kaldi removes each frame's DC offset); `data.fixed_crop: random` crops
+  at a random offset instead (maebench 0.1.0).
 
 Determinism is the point. The epoch's order is a pure function of (seed, epoch, lengths) and every crop offset a
 pure function of (seed, epoch, index, length), so a run resumed at (epoch, batch_in_epoch) sees exactly the
@@ -40,7 +44,7 @@ from maebench import manifest
 from maebench.config import PretrainConfig, batch_length
 from maebench.errors import MaebenchError
 from maebench.manifest import AudioItem
-from maebench.upstream.frontend import SAMPLE_RATE
+from maebench.upstream.frontend import SAMPLE_RATE, SSAST_FBANK, frames_to_samples
 
 __all__ = [
     "AudioItem",
@@ -50,6 +54,7 @@ __all__ = [
     "ResumableBatchSampler",
     "batch_plan",
     "build_pretrain_loader",
+    "build_validation_loader",
     "bucket_lengths",
     "checked_clip",
     "list_audio",
@@ -76,6 +81,12 @@ def _read_audio(path) -> Tensor:
     from maebench.audio import read_audio
 
     return read_audio(path, sample_rate=SAMPLE_RATE)
+
+
+def fixed_clip_samples(clip_seconds: float) -> int:
+    """Samples of a fixed-length clip: exactly the fbank frames of `clip_seconds` at a 10 ms shift (1,024 frames for
+    10.24 s need 164,080 samples, not 163,840, which give 1,022)."""
+    return frames_to_samples(round(clip_seconds * SAMPLE_RATE / SSAST_FBANK.window_shift), SSAST_FBANK)
 
 
 def crop_offset(num_samples: int, clip_samples: int, *, seed: int, epoch: int, index: int) -> int:
@@ -248,13 +259,15 @@ class CollateClips:
     """The collate step: drop bad items, then crop (and, for a fixed length, zero-pad) every clip to one length.
 
     `crop_to_shortest`: that length is the batch's shortest good clip, at most `clip_samples` (MAE-AST);
-    otherwise it is `clip_samples` (SSAST). Each crop offset is `crop_offset(len, length, seed, epoch, index)`.
+    otherwise it is `clip_samples` (SSAST). Each crop offset is `crop_offset(len, length, seed, epoch, index)`,
+    or 0 (the clip's start) without `random_crop`.
     A plain picklable object, so DataLoader workers can run it.
     """
 
     clip_samples: int
     seed: int = 0
     crop_to_shortest: bool = False
+    random_crop: bool = True
 
     def __call__(self, samples: Sequence[tuple[Tensor, tuple[int, int], str | None]]) -> ClipBatch:
         if not samples:
@@ -267,7 +280,9 @@ class CollateClips:
         wavs = torch.zeros(len(good), length, dtype=torch.float32)
         lens = torch.zeros(len(good), dtype=torch.long)
         for row, (wav, (index, epoch)) in enumerate(good):
-            start = crop_offset(wav.numel(), length, seed=self.seed, epoch=epoch, index=index)
+            start = 0
+            if self.random_crop:
+                start = crop_offset(wav.numel(), length, seed=self.seed, epoch=epoch, index=index)
             piece = wav[start : start + length]
             wavs[row, : piece.numel()] = piece
             lens[row] = piece.numel()
@@ -289,7 +304,7 @@ def loader_options(cfg: PretrainConfig) -> dict[str, Any]:
     """The data settings of `cfg` as `build_pretrain_loader` keywords (batch length resolved per model family)."""
     data = cfg.data
     return {"clip_seconds": data.clip_seconds, "min_seconds": data.min_seconds,
-            "crop_to_shortest": batch_length(cfg) == "shortest", "bucket": data.bucket}
+            "crop_to_shortest": batch_length(cfg) == "shortest", "bucket": data.bucket, "fixed_crop": data.fixed_crop}
 
 
 def build_pretrain_loader(
@@ -302,6 +317,7 @@ def build_pretrain_loader(
     min_seconds: float = 0.0,
     crop_to_shortest: bool = False,
     bucket: bool = False,
+    fixed_crop: str = "start",
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -310,14 +326,15 @@ def build_pretrain_loader(
 ) -> DataLoader:
     """A DataLoader of ClipBatch for this rank, from (epoch, batch_in_epoch) to the end of that epoch.
 
-    Clips are at most `clip_seconds` long (random crops); files under `min_seconds` are skipped. Batches are
-    cropped to their shortest clip (`crop_to_shortest`) or cropped/padded to `clip_seconds`; `bucket` groups clips
+    Clips are at most `clip_seconds` long; files under `min_seconds` are skipped. Batches are randomly cropped to
+    their shortest clip (`crop_to_shortest`) or cut (`fixed_crop`: "start" or "random") and padded to
+    `clip_seconds` of frames; `bucket` groups clips
     of similar recorded length when cropping to the shortest and every length is known (a .tsv manifest).
     The trainer counts the batches it takes and rebuilds the loader for the next epoch or on resume; the sampler
     is reachable as `loader.batch_sampler` (e.g. for `batches_per_epoch()`).
     """
     sampler, collate = batch_plan(items, clip_seconds=clip_seconds, batch_size=batch_size, seed=seed,
-                                  crop_to_shortest=crop_to_shortest, bucket=bucket, rank=rank,
+                                  crop_to_shortest=crop_to_shortest, bucket=bucket, fixed_crop=fixed_crop, rank=rank,
                                   world_size=world_size, epoch=epoch, batch_in_epoch=batch_in_epoch)
     return DataLoader(
         PretrainClips(items, min_samples=round(min_seconds * SAMPLE_RATE)),
@@ -337,6 +354,7 @@ def batch_plan(
     seed: int,
     crop_to_shortest: bool = False,
     bucket: bool = False,
+    fixed_crop: str = "start",
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -344,12 +362,28 @@ def batch_plan(
 ) -> tuple[ResumableBatchSampler, CollateClips]:
     """Which clips go in which batch (the sampler, positioned) and how a batch is cut (the collate step): the
     rules every loader shares, so the torch and fairseq2 loaders deliver the same batches."""
-    clip_samples = round(clip_seconds * SAMPLE_RATE)
-    if clip_samples <= 0:
+    if round(clip_seconds * SAMPLE_RATE) <= 0:
         raise MaebenchError(f"clip length {clip_seconds} s is too short; use a positive data.clip_seconds")
-    lengths = bucket_lengths(items, clip_samples) if bucket and crop_to_shortest else None
+    lengths = bucket_lengths(items, round(clip_seconds * SAMPLE_RATE)) if bucket and crop_to_shortest else None
     sampler = ResumableBatchSampler(
         len(items), batch_size, seed=seed, rank=rank, world_size=world_size, lengths=lengths
     )
     sampler.set_position(epoch, batch_in_epoch)
-    return sampler, CollateClips(clip_samples, seed=seed, crop_to_shortest=crop_to_shortest)
+    return sampler, _collate(clip_seconds, seed, crop_to_shortest, fixed_crop)
+
+
+def _collate(clip_seconds: float, seed: int, crop_to_shortest: bool, fixed_crop: str) -> CollateClips:
+    clip_samples = round(clip_seconds * SAMPLE_RATE) if crop_to_shortest else fixed_clip_samples(clip_seconds)
+    random_crop = crop_to_shortest or fixed_crop == "random"
+    return CollateClips(clip_samples, seed=seed, crop_to_shortest=crop_to_shortest, random_crop=random_crop)
+
+
+def build_validation_loader(items: Sequence[AudioItem], *, clip_seconds: float, batch_size: int, num_workers: int,
+                            seed: int, min_seconds: float = 0.0, crop_to_shortest: bool = False,
+                            fixed_crop: str = "start", **_unused: Any) -> DataLoader:
+    """Every held-out clip once, in list order, in batches of `batch_size` (the last may be smaller), cut as the
+    training batches are (epoch 0's crops): the same batches at every check. Takes `loader_options` keywords."""
+    keys = [[(index, 0) for index in range(start, min(start + batch_size, len(items)))]
+            for start in range(0, len(items), batch_size)]
+    return DataLoader(PretrainClips(items, min_samples=round(min_seconds * SAMPLE_RATE)), batch_sampler=keys,
+                      num_workers=num_workers, collate_fn=_collate(clip_seconds, seed, crop_to_shortest, fixed_crop))

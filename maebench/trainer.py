@@ -92,8 +92,8 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
     """Multiplier of optim.lr before optimizer step `step` (0-based): linear warm-up from 0, then decay to end_lr."""
     o, total = cfg.optim, cfg.train.max_steps
     if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
+        return (step // o.warmup_stairs * o.warmup_stairs if o.warmup_stairs else step + 1) / o.warmup_steps
+    if o.schedule in ("constant", "plateau"):  # plateau: its cuts are the scheduler's (maebench.plateau)
         return 1.0
     end = o.end_lr / o.lr
     progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
@@ -103,6 +103,12 @@ def lr_factor(step: int, cfg: PretrainConfig) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    o = cfg.optim
+    if o.schedule == "plateau":
+        from maebench.plateau import PlateauLR
+
+        return PlateauLR(optimizer, lambda step: lr_factor(step, cfg), factor=o.plateau_factor,
+                         patience=o.plateau_patience, mode=o.plateau_mode)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
 
 
@@ -112,7 +118,7 @@ def _apply_optim_config(optimizer, scheduler, cfg: PretrainConfig, step: int) ->
     o = cfg.optim
     scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
-        group.update(initial_lr=o.lr, lr=o.lr * lr_factor(step, cfg), betas=o.betas, eps=o.eps,
+        group.update(initial_lr=o.lr, lr=o.lr * scheduler.lr_lambdas[0](step), betas=o.betas, eps=o.eps,
                      weight_decay=o.weight_decay)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
@@ -425,7 +431,13 @@ class Pretrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         check_optional_packages(self.cfg)
-        items = self._list_data()
+        from maebench.plateau import split_validation
+        from maebench.pretrain_data import list_audio
+
+        items, self.valid_items = split_validation(self._list_data(), self.cfg.data.valid_clips, self.cfg.train.seed)
+        if self.cfg.data.valid_source:
+            self.valid_items += list_audio(self.cfg.data.valid_source, quiet=True)
+        self.valid_record: dict[str, Any] = {}
         resume_from = self._decide_run_dir(resume=resume, overwrite=overwrite)
         saved = ckpt.load_trainer_state(resume_from) if resume_from is not None else None
         self._set_threads(saved)
@@ -535,7 +547,7 @@ class Pretrainer:
                 self.train_step()
                 reporter.advance(self.state.step)
                 save_now = self.state.step % t.ckpt_every == 0 or self.state.step == t.max_steps
-                if save_now or self.state.step % t.log_every == 0:
+                if self._check_plateau() or save_now or self.state.step % t.log_every == 0:
                     reporter.log(self.end_window())
                     if save_now:
                         self.save_checkpoint()
@@ -575,6 +587,17 @@ class Pretrainer:
         self.window.add_loss(loss, stats, weight, clips=batch.wavs.shape[0], step=self.state.step + 1,
                              indices=batch.indices)
 
+    def _check_plateau(self) -> bool:
+        """SSAST's schedule: every optim.plateau_every steps a held-out check may cut the lr (maebench.plateau)."""
+        o = self.cfg.optim
+        if o.schedule != "plateau" or self.state.step % o.plateau_every:
+            return False
+        from maebench import plateau
+
+        self.valid_record = plateau.check(self.model, self.valid_items, self.scheduler, self.cfg, self.state.step,
+                                          self.device, self._autocast)
+        return True
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -596,7 +619,9 @@ class Pretrainer:
             **{name: value / weight for name, value in stats.items()},
             "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(self.grad_norm), "clips": clips,
             "clips_per_s": clips / max(elapsed, 1e-9), "elapsed_s": time.perf_counter() - self.run_start,
+            **self.valid_record,
         }
+        self.valid_record = {}
         self.losses.append((self.state.step, self.last_loss))
 
         def append() -> None:

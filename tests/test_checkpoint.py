@@ -357,7 +357,8 @@ CONFIG_0_1_0 = {
         "window_secs": 1.0,
     },
 }
-NEW_ARGS = {"mae_ast_patch:tiny": {"depth": 2, "decoder_depth": 1},
+# 0.1.0 wrote its per-clip chunk masks explicitly (shared_mask false); today's default shares one per batch
+NEW_ARGS = {"mae_ast_patch:tiny": {"depth": 2, "decoder_depth": 1, "shared_mask": False},
             "ssast_patch:tiny": {"depth": 2, "target_frames": 128}}
 OLD_NAMES = {"encoder_layers", "decoder_layers", "chunk_min_side", "chunk_max_side"}
 

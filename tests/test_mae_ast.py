@@ -358,10 +358,13 @@ def test_patch_masks_are_drawn_as_the_public_code_draws_them():
     model = small_model("patch")
     assert model.config.mask_chunk_style == "public"
     drawn = model.make_mask(4, 64, generator=torch.Generator().manual_seed(1))
-    expected = chunk_mask(4, (64, 8), 384, style="public", generator=torch.Generator().manual_seed(1))
+    expected = chunk_mask(4, (64, 8), 384, style="public", shared=True, trim="lowest",
+                          generator=torch.Generator().manual_seed(1))
     assert torch.equal(drawn, expected)
     with pytest.raises(MaebenchError, match="mask_chunk_style"):
         MaeAstConfig(mask_chunk_style="clustered")
+    with pytest.raises(MaebenchError, match="mask_trim"):
+        MaeAstConfig(mask_trim="last")
     with pytest.raises(MaebenchError, match="dropout_input"):
         MaeAstConfig(dropout_input=1.0)
 

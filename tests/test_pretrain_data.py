@@ -251,7 +251,7 @@ def test_ranks_get_disjoint_batches_of_equal_count(corpus):
     keys = [key for loader in loaders for batch in loader.batch_sampler for key in batch]
     assert len(keys) == len(set(keys)) == 12
     batch = next(iter(loaders[0]))
-    assert batch.wavs.shape[1] == 1600 and batch.wavs.dtype == torch.float32
+    assert batch.wavs.shape[1] == 1840 and batch.wavs.dtype == torch.float32  # 10 frames: 400 + 9 * 160 samples
 
 
 def _manifest_of(tmp_path: Path, lengths: list[int]) -> list[AudioItem]:

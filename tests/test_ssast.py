@@ -130,10 +130,14 @@ def test_masked_patch_content_never_reaches_the_encoder():
 
 def test_info_nce_matches_cross_entropy_reference():
     pred, target = torch.randn(3, 7, 16, dtype=torch.float64), torch.randn(3, 7, 16, dtype=torch.float64)
-    loss, acc = info_nce(pred, target)
-    logits = torch.einsum("bmd,bnd->bmn", pred, target).reshape(21, 7)
+    loss, acc = info_nce(pred, target, "paper")
+    logits = torch.einsum("bmd,bnd->bmn", pred, target)
     labels = torch.arange(7).repeat(3)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits.reshape(21, 7), labels).item(), rel=1e-5)
+    code, _ = info_nce(pred, target)  # the default: each patch picks its prediction (ssast issue #13)
+    transposed = logits.transpose(1, 2).reshape(21, 7)
+    assert code.item() == pytest.approx(F.cross_entropy(transposed, labels).item(), rel=1e-5)
+    logits = logits.reshape(21, 7)
     assert acc.item() == pytest.approx((logits.argmax(1) == labels).double().mean().item())
 
 
@@ -383,18 +387,10 @@ def _reference_finetune_logits(sd: dict, wav: torch.Tensor, head: dict, strides:
     x = x.flatten(2).transpose(1, 2)
     x = torch.cat([w["v.cls_token"], w["v.dist_token"], x], dim=1)
     x = x + _reference_pos_embed(w["v.pos_embed"], p_grid, grid)
+    from test_pretrain_fidelity import deit_blocks
+
+    x = deit_blocks(w, x, heads, prefix="v.")
     dim = x.shape[-1]
-    depth = len({k.split(".")[2] for k in w if k.startswith("v.blocks.")})
-    for i in range(depth):
-        b = f"v.blocks.{i}."
-        h = F.layer_norm(x, (dim,), w[b + "norm1.weight"], w[b + "norm1.bias"], eps=1e-6)
-        qkv = (h @ w[b + "attn.qkv.weight"].T + w[b + "attn.qkv.bias"]).reshape(1, -1, 3, heads, dim // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * (dim // heads) ** -0.5, dim=-1) @ v
-        x = x + attn.transpose(1, 2).reshape(1, -1, dim) @ w[b + "attn.proj.weight"].T + w[b + "attn.proj.bias"]
-        h = F.layer_norm(x, (dim,), w[b + "norm2.weight"], w[b + "norm2.bias"], eps=1e-6)
-        h = F.gelu(h @ w[b + "mlp.fc1.weight"].T + w[b + "mlp.fc1.bias"])
-        x = x + h @ w[b + "mlp.fc2.weight"].T + w[b + "mlp.fc2.bias"]
     x = F.layer_norm(x, (dim,), w["v.norm.weight"], w["v.norm.bias"], eps=1e-6)
     x = torch.mean(x[:, 2:, :], dim=1)
     x = F.layer_norm(x, (dim,), head["norm.weight"].double(), head["norm.bias"].double())  # mlp_head

@@ -28,7 +28,7 @@ from maebench.errors import MaebenchError
 from .blocks import Block, sinusoidal_positions
 from .frontend import MAE_AST_FBANK, FbankConfig, fbank_batch, frames_to_samples, num_frames
 from .interface import Features, PretrainOutput, Upstream
-from .masking import CHUNK_STYLES, chunk_mask, gather_tokens, random_mask, split_indices
+from .masking import CHUNK_STYLES, CHUNK_TRIMS, chunk_mask, gather_tokens, random_mask, split_indices
 from .ssast import GlobalInput
 from .ssast_input import ssast_loader_input
 from .vocabulary import config_from_dict
@@ -61,12 +61,16 @@ class MaeAstConfig:
     layerdrop: float = 0.05  # encoder only, pretraining only (features always run every layer)
     mask_ratio: float = 0.75
     mask_type: str | None = None  # "chunk" | "random"; None = chunk for patch, random for frame (the paper's pairs)
-    shared_mask: bool = False  # True = one mask for the whole batch, as in the public code
+    # one mask for the whole batch; None = as the public code: shared for chunk masks ("Using same mask for whole
+    # batch because SSAST code is very slow", mae_ast.py line 357), per clip for random masks
+    shared_mask: bool | None = None
     mask_min_side: int = 3  # chunk sides, in tokens
     mask_max_side: int = 5
     # "public": one side per mask, chunks wrap at the frequency edge (the public code); "square": a side per chunk,
     # clipped at the edges (maebench 0.1.0). See masking.chunk_mask.
     mask_chunk_style: str = "public"
+    # "lowest": the public code's cut (covered token set in ascending order, first count kept); "random": 0.1.0's
+    mask_trim: str = "lowest"
     recon_weight: float = 10.0
     nce_weight: float = 1.0
 
@@ -75,6 +79,8 @@ class MaeAstConfig:
             raise MaebenchError(f"mae_ast config: tokenizer must be 'patch' or 'frame', got {self.tokenizer!r}")
         if self.mask_type is None:
             self.mask_type = "chunk" if self.tokenizer == "patch" else "random"
+        if self.shared_mask is None:
+            self.shared_mask = self.mask_type == "chunk"
         if self.mask_type not in MASK_TYPES:
             raise MaebenchError(f"mae_ast config: mask_type must be 'chunk' or 'random', got {self.mask_type!r}")
         if self.dim <= 0 or self.num_heads <= 0 or self.dim % self.num_heads:
@@ -94,6 +100,8 @@ class MaeAstConfig:
             raise MaebenchError(
                 f"mae_ast config: mask_chunk_style must be one of {CHUNK_STYLES}, got {self.mask_chunk_style!r}"
             )
+        if self.mask_trim not in CHUNK_TRIMS:
+            raise MaebenchError(f"mae_ast config: mask_trim must be one of {CHUNK_TRIMS}, got {self.mask_trim!r}")
         if not 0.0 <= self.dropout_input < 1.0:
             raise MaebenchError(f"mae_ast config: dropout_input must be in [0, 1), got {self.dropout_input}")
 
@@ -247,6 +255,7 @@ class MaeAst(Upstream):
                 max_side=cfg.mask_max_side,
                 shared=cfg.shared_mask,
                 style=cfg.mask_chunk_style,
+                trim=cfg.mask_trim,
                 device=device,
                 generator=generator,
             )

@@ -1,4 +1,4 @@
-"""Token masks for masked pretraining: uniform random and square-chunk masks, batched without Python token loops.
+"""Token masks for masked pretraining: uniform random and chunk masks, batched without Python token loops.
 
 Every row of a mask has exactly `num_masked` True entries, so masked and visible tokens can be gathered into
 dense (B, M, D) / (B, K, D) tensors with no padding (`split_indices`).
@@ -26,7 +26,13 @@ def random_mask(
     return mask.scatter_(1, chosen, True)
 
 
-CHUNK_STYLES = ("public", "square")
+# "public": MAE-AST-Public's chunks; "ssast": the same shapes as SSAST's gen_maskid_patch draws them (token 0 never
+# masked); "square": a side per chunk, clipped at the edges (maebench 0.1.0).
+CHUNK_STYLES = ("public", "ssast", "square")
+# "lowest": as both references (chunks placed until MORE than the count are covered, then the lowest token indices
+# kept: Python's `list(set)[:count]` of small ints); "random": maebench 0.1.0 (placed until the count is reached,
+# the excess trimmed at random from the last chunk's new tokens).
+CHUNK_TRIMS = ("lowest", "random")
 
 
 def chunk_mask(
@@ -38,22 +44,24 @@ def chunk_mask(
     max_side: int = 5,
     shared: bool = False,
     style: str = "square",
+    trim: str = "random",
     device=None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """(batch, rows * cols) bool over the row-major flattening of a rows x cols token grid.
 
-    Chunks are placed until at least `num_masked` tokens are covered; the excess is then trimmed at random from
-    the tokens the LAST chunk added, so every earlier chunk stays whole. Two ways to draw a chunk:
+    Three ways to draw a chunk:
     - "square": its own side in [min_side, max_side] and a uniformly random top-left cell; a square clipped at the
       grid's right and bottom edges.
     - "public", as MAE-AST-Public draws it (mae_ast/models/mae_ast.py lines 343-357, after SSAST's
       `gen_maskid_patch`): ONE side per mask in [min_side, max_side]; the top-left is a uniform flat token index s
       and the chunk is {s + a + cols * b : 0 <= a, b < side} cut at the grid's end, so a chunk running past the
-      last column wraps into the next row. (The public code then keeps the covered tokens in Python set order,
-      i.e. the lowest indices; trimming the last chunk at random instead does not tilt masks toward the start.)
-    Placements are drawn in blocks of many chunks per sample, each block a few batched tensor ops (one host sync
-    per block), so neither samples nor tokens nor single chunks are looped over in Python.
+      last column wraps into the next row.
+    - "ssast": the same, as SSAST's `gen_maskid_patch` (src/models/ast_models.py) draws it, which also never
+      masks token 0 (its `mask_cand > 0`).
+    Two ways to cut the covered tokens to `num_masked` (`trim`, see CHUNK_TRIMS): "lowest" (the references) or
+    "random". Placements are drawn in blocks of many chunks per sample, each block a few batched tensor ops (one
+    host sync per block), so neither samples nor tokens nor single chunks are looped over in Python.
     `shared=True` draws one mask for the whole batch (what the public MAE-AST code does, for speed).
     """
     rows, cols = grid
@@ -63,34 +71,60 @@ def chunk_mask(
         raise ValueError(f"chunk sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
     if style not in CHUNK_STYLES:
         raise ValueError(f"chunk style must be one of {CHUNK_STYLES}, got {style!r}")
+    if trim not in CHUNK_TRIMS:
+        raise ValueError(f"chunk trim must be one of {CHUNK_TRIMS}, got {trim!r}")
+    coverable = num_tokens - (style == "ssast")
+    if num_masked > coverable:
+        raise ValueError(f"cannot mask {num_masked} of {num_tokens} tokens without token 0")
+    # the references stop once MORE than the count is covered (their `while len(...) <= count`)
+    needed = min(num_masked + 1, coverable) if trim == "lowest" else num_masked
     draws = 1 if shared else batch
     # enough placements per block that one block nearly always suffices (~3x the fewest smallest chunks needed)
-    block = max(8, 3 * -(-num_masked // (min_side * min_side)))
+    block = max(8, 3 * -(-needed // (min_side * min_side)))
     max_blocks = 64  # a cap for pathological requests (num_masked ~ num_tokens); the rest is filled at random below
-    if style == "public":  # one side per mask, drawn before its chunks
+    if style != "square":  # one side per mask, drawn before its chunks
         mask_side = torch.randint(min_side, max_side + 1, (draws, 1), device=device, generator=generator)
     # order[b, i]: index of the first placement covering token i (placements numbered across blocks)
     uncovered = float(block * max_blocks)
     order = torch.full((draws, num_tokens), uncovered, device=device)
     for first_index in range(0, block * max_blocks, block):
-        if num_masked == 0:
+        if needed == 0:
             break
-        if style == "public":
+        if style == "square":
+            chunks = _square_chunks(draws, block, grid, min_side, max_side, device, generator)
+        else:
             starts = torch.randint(0, num_tokens, (draws, block), device=device, generator=generator)
             chunks = public_chunks(starts, mask_side.expand(draws, block), grid, max_side)
-        else:
-            chunks = _square_chunks(draws, block, grid, min_side, max_side, device, generator)
+            if style == "ssast":
+                chunks[..., 0] = False
         index = torch.arange(first_index, first_index + block, device=device, dtype=torch.float32)[None, :, None]
         first_cover = torch.where(chunks, index, uncovered).amin(dim=1)  # (draws, tokens)
         order = torch.minimum(order, first_cover)
-        if bool(((order < uncovered).sum(1) >= num_masked).all()):
+        if bool(((order < uncovered).sum(1) >= needed).all()):
             break
-    # keep the num_masked earliest-covered tokens: whole chunks, then a random part of the chunk that crossed the
-    # count (ties broken at random); tokens no chunk covered only come in if the placement cap was hit
-    tie_break = torch.rand(draws, num_tokens, device=device, generator=generator)
-    chosen = (order + tie_break).argsort(dim=1)[:, :num_masked]
+    if style == "ssast":
+        order[:, 0] = uncovered + 1  # after every other token, covered or not
+    if trim == "lowest":
+        chosen = _lowest_covered(order, needed, num_masked)
+    else:
+        # keep the num_masked earliest-covered tokens: whole chunks, then a random part of the chunk that crossed
+        # the count (ties broken at random); tokens no chunk covered only come in if the placement cap was hit
+        tie_break = torch.rand(draws, num_tokens, device=device, generator=generator)
+        chosen = (order + tie_break).argsort(dim=1)[:, :num_masked]
     mask = torch.zeros(draws, num_tokens, dtype=torch.bool, device=device).scatter_(1, chosen, True)
     return mask.expand(batch, num_tokens).clone() if shared else mask
+
+
+def _lowest_covered(order: Tensor, needed: int, num_masked: int) -> Tensor:
+    """(draws, num_masked) token indices: the lowest ones covered by the first k placements, k the fewest that
+    cover at least `needed` tokens (the references' stopping rule), as `list(set(covered))[:num_masked]` keeps."""
+    num_tokens = order.shape[1]
+    tokens = torch.arange(num_tokens, device=order.device)
+    if num_masked == 0:
+        return tokens[None, :0].expand(order.shape[0], 0)
+    last = order.sort(dim=1).values[:, needed - 1 : needed]  # the placement that brought the cover to `needed`
+    rank = torch.where(order <= last, tokens, tokens + num_tokens)  # covered tokens first, each part ascending
+    return rank.argsort(dim=1)[:, :num_masked]
 
 
 def _square_chunks(draws: int, block: int, grid: tuple[int, int], min_side: int, max_side: int, device,

@@ -34,7 +34,7 @@ from maebench.errors import MaebenchError
 from .blocks import Block
 from .frontend import SAMPLE_RATE, SSAST_FBANK, FbankConfig, fbank_batch, frames_to_samples
 from .interface import Features, PretrainOutput, Upstream
-from .masking import chunk_mask, gather_tokens, random_mask, split_indices
+from .masking import CHUNK_STYLES, CHUNK_TRIMS, chunk_mask, gather_tokens, random_mask, split_indices
 from .vocabulary import config_from_dict
 
 __all__ = ["GlobalInput", "Ssast", "SsastConfig", "adapt_pos_embed"]
@@ -56,6 +56,10 @@ _TOKENIZERS: dict[str, dict[str, Any]] = {
 }
 _MASK_TYPES = ("chunk", "random")  # chunk = the SSAST paper's cluster masking
 _PRETRAIN_MODES = ("two_pass", "one_pass")
+# InfoNCE over the clip's masked tokens: "code" log-softmaxes each target's scores over the predictions, as the
+# authors' code does (ast_models.py `mpc`: lsoftmax(encode_samples @ pred^T), see ssast issue #13); "paper" each
+# prediction's scores over the targets (the paper's eq. 1).
+NCE_ORIENTATIONS = ("code", "paper")
 
 
 @dataclass
@@ -80,6 +84,11 @@ class SsastConfig:
     mask_type: str | None = None  # "chunk" (patch default: the paper's clusters) | "random" (frame default)
     mask_min_side: int = 3  # chunk (cluster) sides, in tokens
     mask_max_side: int = 5
+    # chunk masks as the authors' gen_maskid_patch draws them: one side per clip, wrapping across rows, never token
+    # 0 ("ssast"), the lowest covered indices kept ("lowest"); see masking.chunk_mask for the other styles
+    mask_chunk_style: str = "ssast"
+    mask_trim: str = "lowest"
+    nce_orientation: str = "code"  # see NCE_ORIENTATIONS
     pretrain_mode: str = "two_pass"  # "two_pass" (published) | "one_pass"
     norm_mean: float = -4.2677393  # AudioSet + LibriSpeech fbank statistics
     norm_std: float = 4.5689974
@@ -104,6 +113,10 @@ class SsastConfig:
             raise MaebenchError(f"SSAST fshape={self.fshape} must be between 1 and {NUM_MEL_BINS} mel bins")
         if self.mask_type not in _MASK_TYPES:
             raise MaebenchError(f"SSAST mask_type {self.mask_type!r} is not one of {', '.join(_MASK_TYPES)}")
+        for name, allowed in (("mask_chunk_style", CHUNK_STYLES), ("mask_trim", CHUNK_TRIMS),
+                              ("nce_orientation", NCE_ORIENTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise MaebenchError(f"SSAST {name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.pretrain_mode not in _PRETRAIN_MODES:
             raise MaebenchError(
                 f"SSAST pretrain_mode {self.pretrain_mode!r} is not one of {', '.join(_PRETRAIN_MODES)}"
@@ -243,16 +256,17 @@ def _prediction_head(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
 
 
-def info_nce(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """(loss, accuracy) of InfoNCE within each clip: masked token i must pick its own patch among the clip's.
+def info_nce(pred: Tensor, target: Tensor, orientation: str = "code") -> tuple[Tensor, Tensor]:
+    """(loss, accuracy) of InfoNCE within each clip, logits = pred @ target^T (B, M, M).
 
-    logits = pred @ target^T (B, M, M); loss = -mean(diag(log_softmax(logits, -1))), the SSAST paper's eq. (1).
-    (The public code log-softmaxes the transposed matrix, i.e. over predictions; see ssast issue #13.)
-    accuracy = share of predictions whose best-scoring patch is their own (the public code's `acc`).
+    orientation "code" (the authors' code): loss = -mean(diag(log_softmax(logits, over predictions))), each patch
+    must pick its own prediction; "paper" (eq. 1): over targets, each prediction must pick its own patch.
+    accuracy = share of predictions whose best-scoring patch is their own (the public code's `acc`, either way).
     """
     logits = torch.bmm(pred.float(), target.float().transpose(1, 2))
     own = torch.arange(logits.shape[-1], device=logits.device)
-    loss = -logits.log_softmax(dim=-1).diagonal(dim1=1, dim2=2).mean()
+    over = -2 if orientation == "code" else -1
+    loss = -logits.log_softmax(dim=over).diagonal(dim1=1, dim2=2).mean()
     acc = (logits.argmax(dim=-1) == own).float().mean()
     return loss, acc
 
@@ -355,17 +369,17 @@ class Ssast(Upstream):
     def sample_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """(B, tokens) bool, exactly `num_masked` True per row, drawn independently per clip.
 
-        chunk (the paper's cluster masking): square chunks (side mask_min_side..mask_max_side) on the (frequency,
-        time) token grid; random: uniform. (The public code picks one cluster side per clip, lets clusters wrap
-        across frequency rows and never masks token 0; here each chunk draws its side and chunks are clipped at the
-        grid edge.)
+        chunk (the paper's cluster masking): chunks (side mask_min_side..mask_max_side) on the (frequency, time)
+        token grid, drawn as `mask_chunk_style` and cut to the count as `mask_trim` say (by default as the public
+        code: one side per clip, wrapping across frequency rows, never token 0, the lowest covered indices kept);
+        random: uniform.
         """
         cfg = self.config
         device = self.pos_embed.device
         if cfg.mask_type == "chunk":
             return chunk_mask(
                 batch, cfg.pretrain_grid, cfg.num_masked, min_side=cfg.mask_min_side, max_side=cfg.mask_max_side,
-                device=device, generator=generator,
+                style=cfg.mask_chunk_style, trim=cfg.mask_trim, device=device, generator=generator,
             )
         return random_mask(batch, cfg.num_tokens, cfg.num_masked, device=device, generator=generator)
 
@@ -412,7 +426,8 @@ class Ssast(Upstream):
         else:
             mse_hidden, mse_idx = nce_hidden, nce_idx
         with torch.autocast(device_type=spec.device.type, enabled=False):
-            nce, acc = info_nce(self.cpredlayer(nce_hidden.float()), gather_tokens(patches, nce_idx))
+            nce, acc = info_nce(self.cpredlayer(nce_hidden.float()), gather_tokens(patches, nce_idx),
+                                self.config.nce_orientation)
             recon = self.gpredlayer(mse_hidden.float())
             mse = F.mse_loss(recon, gather_tokens(patches, mse_idx).float())
         loss = nce + 10.0 * mse

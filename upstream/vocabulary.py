@@ -9,8 +9,12 @@ MaeAstConfig and SsastConfig use the same name for the same thing, so `--set mod
     mask_type                      "chunk" (square chunks of tokens; the SSAST paper calls them clusters) |
                                    "random" | None (the tokenizer's published default)
     mask_min_side, mask_max_side   chunk sides, in tokens
-    mask_chunk_style               "public" (one side per mask, chunks wrap at the grid edge, as the public code
-                                   draws them) | "square" (a side per chunk, clipped); MAE-AST only so far
+    mask_chunk_style               "public" (one side per mask, chunks wrap at the grid edge, as MAE-AST-Public
+                                   draws them) | "ssast" (the same, never token 0: SSAST's gen_maskid_patch) |
+                                   "square" (a side per chunk, clipped); default: each family's own code
+    mask_trim                      "lowest" (the references: the lowest covered indices kept) | "random"
+    shared_mask                    one mask per batch (MAE-AST only; default: as the public code, chunk only)
+    nce_orientation                "code" | "paper": SSAST's InfoNCE as its code or its paper's eq. (1) has it
     dropout_input                  dropout on the token embeddings in pretraining (MAE-AST only: SSAST has none)
 
 Quantities that differ keep different names: MAE-AST's `mask_ratio` (a fraction of each clip's tokens) is not
