@@ -26,6 +26,9 @@ from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
 from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
+from maebench.downstream.selection import SOURCE as SELECTION_SOURCE
+from maebench.downstream.selection import test_selected_scores
+from maebench.downstream.tasks.audioset import relabelled_task, train_labels_record
 from maebench.errors import MaebenchError
 from maebench.paths import usable_dir
 from maebench.upstream.checkpoint import RUN_CHECKPOINTS, RUN_INIT, is_run_dir
@@ -111,6 +114,9 @@ def evaluate(
     family = protocol_family(model)
     settings = resolve_settings(probe, task, overrides, family=family)
     protocol = describe_protocol(model, task, probe, settings, family, family_defaults(task, probe, family)[1])
+    protocol["labels"] = train_labels_record(task, settings)
+    if getattr(settings, "train_labels", None):  # AudioSet: a label-enhanced training file (PSLA's, as SSAST)
+        task = relabelled_task(task, settings.train_labels)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if num_workers is None:
@@ -163,24 +169,32 @@ def strict_json(record: dict[str, Any]) -> str:
 
 def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     results: list[tuple[str, int, ProbeResult]], total_s: float) -> dict[str, Any]:
+    scores = [result.score for _, _, result in results]
+    selection = None
+    if all("epoch_test_scores" in result.details for _, _, result in results):  # model_selection test_epoch_mean
+        epoch, scores = test_selected_scores([result.details["epoch_test_scores"] for _, _, result in results])
+        selection = {"rule": "best mean test epoch", "on_test": True, "epoch": epoch + 1, "source": SELECTION_SOURCE,
+                     "last_epoch_score": round(mean_std([r.score for _, _, r in results])[0], 4)}
     by_fold: dict[str, list[float]] = {}
-    for fold, _, result in results:
-        by_fold.setdefault(fold, []).append(result.score)
+    for (fold, _, _), run_score in zip(results, scores, strict=True):
+        by_fold.setdefault(fold, []).append(run_score)
     fold_means = [mean_std(scores)[0] for scores in by_fold.values()]
     if len(by_fold) > 1:
         score, std = mean_std(fold_means)
     else:
         score, std = mean_std(next(iter(by_fold.values())))
     runs = []
-    for fold, seed, result in results:
-        entry = {"fold": fold, "seed": seed, "score": round(result.score, 4),
+    for (fold, seed, result), run_score in zip(results, scores, strict=True):
+        entry = {"fold": fold, "seed": seed, "score": round(run_score, 4),
                  "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
         for key in ("selected_layer", "selected_C", "selected"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        for key in ("best_step", "selection", "train_crops", "postprocessing", "test_scores"):
+        for key in ("best_step", "selection", "train_crops", "postprocessing", "test_scores", "epoch_test_scores"):
             if key in result.details:
                 entry[key] = result.details[key]
+        if selection is not None:
+            entry["selection"] = f"epoch {selection['epoch']}: best mean test score over all folds (on test)"
         runs.append(entry)
     return {
         "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,
@@ -191,6 +205,7 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     "train_s": round(sum(r.timings.get("train_s", 0.0) for _, _, r in results), 3),
                     "total_s": round(total_s, 3)},
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"selection": selection} if selection is not None else {}),
     }
 
 

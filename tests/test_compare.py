@@ -212,19 +212,22 @@ def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp
     write_result(tmp_path, "c", "ks2", 97.0, upstream="ssast_patch:base", family="ssast", probe="finetune")
     comparison = build_comparison(find_results([tmp_path]))
     (row,) = comparison.rows
-    assert row.paper_differences("esc50") == [] and row.paper_differences("ks2") is None
+    # issue 20: maebench's ESC-50 default keeps the last epoch, the paper's number picks an epoch on test
+    assert row.paper_differences("esc50") == ["selection: last epoch (paper: best mean test epoch)"]
+    assert row.paper_differences("ks2") is None
     assert row.paper_differences("ks1") == ["input_geometry: model (paper: global)",
                                             "target_length: None (paper: 100)"]
     lines = render_markdown(comparison).splitlines()
-    assert "| ssast_patch:base | 88.0 ± 0.5 | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
+    assert "| ssast_patch:base | 88.0 ± 0.5 † | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
     assert ("| protocol | finetune ssast global 512f no dev | finetune (protocol unrecorded) "
             "| finetune superb tokens |") in lines
     assert any(line.startswith("- † ssast_patch:base KS1: input_geometry: model (paper: global)") for line in lines)
     rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
     protocol_row = next(r for r in rows if r["kind"] == "protocol")
-    assert protocol_row["esc50_std"] == "matches paper" and protocol_row["ks2"] == "finetune (protocol unrecorded)"
+    assert protocol_row["esc50_std"].startswith("differs: selection")
+    assert protocol_row["ks2"] == "finetune (protocol unrecorded)"
     assert protocol_row["ks1_std"].startswith("differs: input_geometry")
-    with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base KS1"):
+    with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base ESC-50"):
         build_comparison(find_results([tmp_path]), strict=True)
     assert cli_main(["compare", str(tmp_path), "--strict", "--no-png", "--out", str(tmp_path / "out")]) != 0
     assert "ssast_patch:base KS1" in capsys.readouterr().err

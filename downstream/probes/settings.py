@@ -35,6 +35,7 @@ class LinearSettings:
     projector_dim: int = 256
     loss: Literal["ce", "bce"] = "ce"  # multi-label tasks always train with "bce"
     balanced_sampling: bool = False  # draw training items by the task's sample_weights (s3prl's KS1 sampler)
+    balanced_dev: bool = False  # score dev on a class-balanced draw with replacement (s3prl's KS1 dev loader)
     train_crop_seconds: float = 0.0  # train on one seeded random crop of this length per longer clip (0: whole)
     source: str = ""  # the reference the task's values come from
 
@@ -78,6 +79,9 @@ class FinetuneSettings:
     normalise_padding: bool = True  # global input: pad then normalise (SSAST dataloader) or normalise then pad
     feature_layout: Literal["frames", "tokens"] = "frames"  # per time step, or the model's token sequence
     dev_holdout: bool = True  # False: train on train + dev, no model selection (the reference has no dev set)
+    # AudioSet: an AST-format json whose labels replace the training clips' (matched by file name), e.g. PSLA's
+    # label-enhanced balanced_train_data_type1_2_mean.json that SSAST trains AS-20K on (None: the labels as shipped)
+    train_labels: str | None = None
     fbank_mean: float | None = None
     fbank_std: float | None = None
     source: str = ""
@@ -94,6 +98,10 @@ class SsastFinetuneSettings(FinetuneSettings):
     epochs: int
     lr_schedule: StepDecay | None = None
     weight_averaging: tuple[int, int] | None = None  # average the weights of epochs [first, last] (1-based)
+    # "final": the weights the recipe ends with (weight average, best dev, or last epoch), no test data used;
+    # "test_epoch_mean": every fold scored on test after each epoch, all folds reported at the epoch with the best
+    # fold-mean test score (SSAST src/finetune/esc50/get_esc_result.py): selection on test, flagged as such
+    model_selection: Literal["final", "test_epoch_mean"] = "final"
 
 
 @dataclass(kw_only=True)
@@ -107,6 +115,7 @@ class SuperbFinetuneSettings(FinetuneSettings):
     eval_every: int = 0  # dev evaluation interval in updates (0: once per epoch)
     projector_dim: int = 256
     layers: Literal["all", "last"] = "all"  # s3prl `-s hidden_states` (weighted sum) or `-s last_hidden_state`
+    balanced_dev: bool = False  # score dev on a class-balanced draw with replacement (s3prl's KS1 dev loader)
 
 
 @dataclass(kw_only=True)
@@ -262,6 +271,9 @@ def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
     averaging = values.get("weight_averaging")
     if averaging and not 1 <= averaging[0] <= averaging[1]:
         raise bad("weight_averaging", ",".join(map(str, averaging)), "first,last epochs with 1 <= first <= last")
+    if values.get("model_selection") == "test_epoch_mean" and averaging:
+        raise bad("model_selection", "test_epoch_mean", "used without weight_averaging (it picks one epoch; set "
+                  "weight_averaging=null)")
 
 
 def check_used(settings: ProbeSettings, key: str, task, probe: str, *, origin: str = "--set") -> None:
@@ -275,6 +287,10 @@ def check_used(settings: ProbeSettings, key: str, task, probe: str, *, origin: s
         reason = f"{task.name} is multi-label and always trains with bce"
     elif field == "balanced_sampling" and task.sample_weights is None:
         reason = f"{task.name} has no sampling weights (only ks1 and as2m do)"
+    elif field == "train_labels" and task.name not in ("as20k", "as2m"):
+        reason = "label files replace AudioSet training labels only (as20k, as2m)"
+    elif field == "balanced_dev" and (task.multilabel or not any(fold.dev for fold in task.folds)):
+        reason = f"{task.name} has no single-label dev split to resample"
     elif field in ("fbank_mean", "fbank_std", "normalise_padding") and \
             getattr(settings, "input_geometry", None) != "global":
         reason = "it applies only with input_geometry=global"
