@@ -84,10 +84,11 @@ def evaluate(
     task_name: str, upstream_spec: str | Path | Upstream, *, data_root: str | Path | None = None,
     probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
-    show_table: bool = True, num_workers: int | None = None,
+    show_table: bool = True, num_workers: int | None = None, subset: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
-    (its path under the key "results_path", which is not written to the file)."""
+    (its path under the key "results_path", which is not written to the file). `subset`: a recorded subset file
+    (maebench.downstream.subset; a probe curve's RUN/probe_subsets/*.json) to evaluate on instead of the task."""
     from maebench.downstream.datasets import load_task
 
     if probe not in PROBES:
@@ -96,6 +97,10 @@ def evaluate(
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
     task = load_task(task_name, data_root)
+    if subset is not None:
+        from maebench.downstream.subset import apply_subset, read_subset
+
+        task = apply_subset(task, read_subset(subset), source=subset)
     model, identity = resolve_upstream(upstream_spec)
     family = protocol_family(model)
     settings = resolve_settings(probe, task, overrides, family=family)
@@ -118,6 +123,8 @@ def evaluate(
 
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     record["protocol"] = protocol
+    if subset is not None:
+        record["subset"] = str(Path(subset).resolve())
     run_dir = new_run_dir(Path(out_dir) if out_dir is not None else DEFAULT_OUT,
                           f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"

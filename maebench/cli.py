@@ -22,6 +22,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "convert": "maebench.commands.convert",
     "run": "maebench.commands.run",
     "demo": "maebench.commands.demo",
+    "probe": "maebench.commands.probe",
+    "report": "maebench.commands.report",
     "data": {
         "manifest": "maebench.commands.data_manifest",
         "toy": "maebench.commands.data_toy",

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from maebench.errors import MaebenchError
+from maebench.probe_curve import PROBES_FIGURE, PROBES_FILE, SNAPSHOTS_DIR, SUBSETS_DIR
 from maebench.upstream import checkpoint as layout
 from maebench.upstream.checkpoint import (
     METRICS_FILE,
@@ -285,8 +286,10 @@ def check_run_dir(run_dir: Path) -> None:
 def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
-        if path.name in (RUN_LOCK_FILE, SKIP_FILES):
+        if path.name in (RUN_LOCK_FILE, SKIP_FILES, PROBES_FILE, PROBES_FIGURE):
             return path.is_file()
+        if path.name in (SUBSETS_DIR, SNAPSHOTS_DIR):  # the probe curve's (maebench.probe_curve)
+            return path.is_dir()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
                                          for p in path.iterdir())
@@ -365,7 +368,11 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
                 deleted.append(f"{RUN_CHECKPOINTS}/{path.name} (incomplete)")
         if not any(root.iterdir()):
             root.rmdir()
-    for name in (METRICS_FILE, RUN_CONFIG_FILE):
+    for name in (SUBSETS_DIR, SNAPSHOTS_DIR):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+            deleted.append(name)
+    for name in (METRICS_FILE, RUN_CONFIG_FILE, PROBES_FILE, PROBES_FIGURE):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)

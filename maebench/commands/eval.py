@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a probe setting, e.g. --set max_steps=500 --set lr=1e-3 (repeatable)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--subset", metavar="FILE",
+                        help="evaluate on a recorded task subset (a probe curve's RUN/probe_subsets/*.json) instead "
+                             "of the whole task: reproduces one point of `maebench pretrain --probe-every`")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables; one line per result")
 
 
@@ -97,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             raise MaebenchError("no --upstream given and no `maebench pretrain` run found; pass --upstream PATH or "
                                 "a preset such as mae_ast_patch:tiny, or run `maebench pretrain` first")
         upstream = str(latest)
+    if args.subset and args.task == "all":
+        raise MaebenchError("--subset names one task's examples: use it with a single --task, not all")
     tasks = list(TASKS) if args.task == "all" else [args.task]
     roots = {task: task_data(args, task) for task in tasks}
     if len(tasks) > 1:
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     records = []
     for task, data in roots.items():
         record = evaluate(task, upstream, data_root=data, probe=args.probe, seeds=args.seeds, out_dir=args.out,
-                          overrides=overrides, quiet=progress_quiet, device=args.device, show_table=False)
+                          overrides=overrides, quiet=progress_quiet, device=args.device, show_table=False,
+                          subset=args.subset)
         records.append(record)
         if args.quiet:
             print(f"{record['task']} {record['probe']['name']} {record['metric']} {record['score']:.2f} "
