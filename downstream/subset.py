@@ -46,11 +46,10 @@ def select_subset(task: Task, *, examples: int, seed: int) -> dict[str, Any]:
         items = fold.splits()[split]
         chosen[split] = [ex.key for ex in _draw(items, cap, rng, multilabel=task.multilabel)]
     test = [ex for ex in fold.test if ex.key in set(chosen["test"])]
-    train = [ex for ex in fold.train if ex.key in set(chosen["train"])]
     return {
         "format": SUBSET_FORMAT, "version": SUBSET_VERSION, "task": task.name, "seed": seed, "examples": examples,
         "fold": fold.name, "data_fingerprint": task.data_fingerprint(), "metric": task.metric,
-        "chance": chance_level(task, train, test), "splits": chosen,
+        "chance": chance_level(task, test), "splits": chosen,
     }
 
 
@@ -71,10 +70,10 @@ def _draw(items: list[Example], cap: int, rng: np.random.Generator, *, multilabe
     return picked
 
 
-def chance_level(task: Task, train: list[Example], test: list[Example]) -> float:
-    """The score of a probe that learned nothing, in percent: accuracy of always answering the training split's
-    most frequent class; for mAP the mean prevalence over the test classes with a positive (a constant scorer's
-    average precision of a class is its prevalence)."""
+def chance_level(task: Task, test: list[Example]) -> float:
+    """The score of a probe that learned nothing, in percent: the share of the test items in their most frequent
+    class (the best any constant answer scores: the majority baseline); for mAP the mean prevalence over the test
+    classes with a positive (a constant scorer's average precision of a class is its prevalence)."""
     if not test:
         return float("nan")
     if task.metric == "mAP":
@@ -82,10 +81,9 @@ def chance_level(task: Task, train: list[Example], test: list[Example]) -> float
         for ex in test:
             counts[list(ex.label)] += 1
         present = counts[counts > 0]
-        return float(np.mean(present / len(test)) * 100.0) if len(present) else float("nan")
-    labels = [int(ex.label) for ex in train] or [int(ex.label) for ex in test]
-    majority = max(set(labels), key=lambda label: (labels.count(label), -label))
-    return float(sum(int(ex.label) == majority for ex in test) / len(test) * 100.0)
+        return float(np.mean(present / len(test)) * 100.0)
+    labels = [int(ex.label) for ex in test]
+    return float(max(labels.count(label) for label in set(labels)) / len(test) * 100.0)
 
 
 def write_subset(path: Path, record: dict[str, Any]) -> None:

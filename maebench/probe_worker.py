@@ -2,12 +2,14 @@
 
 The training loop never waits for a probe (maebench.probe_curve): at a probe step it writes a snapshot of the
 encoder (a small native checkpoint; the queue is that folder, so it survives a crash) and goes on. This process
-(`python -m maebench.probe_worker RUN`) probes the snapshots oldest first. Its cost to training is held down by
-running it with one thread at the lowest CPU priority (nice 19): on a 2-core machine it takes the core training
-leaves idle, and where the cores are busy the scheduler gives it ~1.5% of a nice-0 process's share (CFS weights
-15 vs 1024), so training keeps its speed and the probes lag instead. At the end of the run the loop waits for the
-last points at most `train.probe_max_share` (10%) of the run's wall time, less what snapshots already cost; what
-is left stays in RUN/probe_snapshots/ for the resumed run or `maebench probe RUN` to finish.
+(`python -m maebench.probe_worker RUN`) probes the snapshots oldest first. How its cost stays under 10% of the
+run's wall time on a 2-core machine: it runs one thread (torch, BLAS) at nice 10. Where a core is idle (training
+with one thread, or between data-loading waits) it takes that core and costs training nothing; where it shares a
+core with a training thread, Linux's CFS scheduler splits that core by weight, 110 (nice 10) against 1024 (nice 0),
+so it gets at most 110 / 1134 = 9.7% of it and training keeps >= 90% of its speed (`maebench bench probe` measures
+it). The training loop itself only writes the snapshots (milliseconds for the small models) and, at the end of the
+run, waits for the last points at most `train.probe_max_share` (10%) of the run's wall time less what snapshots
+cost; what is left stays in RUN/probe_snapshots/ for the resumed run or `maebench probe RUN` to finish.
 
 A worker that dies is reported and restarted (up to MAX_RESTARTS times); one that stops on a user error (bad
 task data: exit status 2) is reported once, with its message. Training never stops because of a probe.
@@ -34,6 +36,7 @@ LOG_FILE = "worker.log"
 MAX_RESTARTS = 3
 POLL_S = 0.5
 USER_ERROR = 2
+NICE = 10  # CFS weight 110 against a nice-0 training thread's 1024: at most 9.7% of a core they share
 
 
 # ---------------------------------------------------------------------------------------------------- the process
@@ -71,8 +74,8 @@ def work(run_dir: Path) -> int:
 
 
 def _lowest_priority() -> None:
-    """Runs in the child before exec: nice 19 (the lowest), so the probes only use CPU training leaves."""
-    os.nice(19)
+    """Runs in the child before exec: the probe process yields the CPU to training (see the module docstring)."""
+    os.nice(NICE)
 
 
 # ---------------------------------------------------------------------------------------------------- the handle
@@ -196,7 +199,7 @@ def describe(summary: dict[str, Any], run_dir: Path) -> str:
         line = "probes: no point finished in this session"
     else:
         line = (f"probes: {summary['points']} point(s), {summary['probe_s_per_point']:.1f} s each in the probe "
-                f"process (nice 19, 1 thread); the loop waited {summary['loop_blocked_s']:.1f} s "
+                f"process (nice {NICE}, 1 thread); the loop waited {summary['loop_blocked_s']:.1f} s "
                 f"({100 * (summary['blocked_share'] or 0):.1f}% of wall time) -> {run_dir / pc.PROBES_FILE}")
     if summary["pending_snapshots"]:
         line += (f"; steps {', '.join(map(str, summary['pending_snapshots']))} still to probe: `maebench probe "
