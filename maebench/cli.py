@@ -34,6 +34,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "pretrain": "maebench.commands.bench_pretrain",
         "cache": "maebench.commands.bench_cache",
         "data": "maebench.commands.bench_data",
+        "probe": "maebench.commands.bench_probe",
     },
 }
 

@@ -29,10 +29,13 @@ import torch
 import yaml
 
 from maebench.errors import MaebenchError
-from maebench.probe_curve import PROBES_FIGURE, PROBES_FILE, SNAPSHOTS_DIR, SUBSETS_DIR
 from maebench.upstream import checkpoint as layout
 from maebench.upstream.checkpoint import (
     METRICS_FILE,
+    PROBE_SNAPSHOTS_DIR,
+    PROBE_SUBSETS_DIR,
+    PROBES_FIGURE,
+    PROBES_FILE,
     RUN_CHECKPOINTS,
     RUN_CONFIG_FILE,
     RUN_LOCK_FILE,
@@ -288,7 +291,7 @@ def _written_by_pretrain(path: Path) -> bool:
     try:
         if path.name in (RUN_LOCK_FILE, SKIP_FILES, PROBES_FILE, PROBES_FIGURE):
             return path.is_file()
-        if path.name in (SUBSETS_DIR, SNAPSHOTS_DIR):  # the probe curve's (maebench.probe_curve)
+        if path.name in (PROBE_SUBSETS_DIR, PROBE_SNAPSHOTS_DIR):  # the probe curve's (maebench.probe_curve)
             return path.is_dir()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
@@ -368,7 +371,7 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
                 deleted.append(f"{RUN_CHECKPOINTS}/{path.name} (incomplete)")
         if not any(root.iterdir()):
             root.rmdir()
-    for name in (SUBSETS_DIR, SNAPSHOTS_DIR):
+    for name in (PROBE_SUBSETS_DIR, PROBE_SNAPSHOTS_DIR):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
             deleted.append(name)

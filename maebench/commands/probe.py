@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from maebench.errors import MaebenchError
-    from maebench.probe_curve import PROBES_FILE, CurveSpec, probe_offline, run_config
+    from maebench.probe_curve import PROBES_FILE, CurveSpec
+    from maebench.probe_offline import probe_offline, run_config
 
     run_dir = Path(args.run)
     spec = CurveSpec.from_config(run_config(run_dir))
