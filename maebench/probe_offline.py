@@ -86,3 +86,25 @@ def probe_offline(run_dir: Path, spec: CurveSpec, *, quiet: bool = False) -> lis
     finally:
         run_lock.release()
     return points
+
+
+def finish_curves(run_dirs: list[Path], *, quiet: bool = True) -> None:
+    """The points each probing run (train.probe_every) left pending, one process per run at once (a pipeline's
+    report needs complete curves; each probe runs on one core)."""
+    import multiprocessing
+    from concurrent import futures
+
+    todo = [Path(d) for d in run_dirs if (Path(d) / PROBE_SNAPSHOTS_DIR).is_dir() and pending_snapshots(d)]
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
+    with futures.ProcessPoolExecutor(len(todo), mp_context=context) as pool:
+        for job in [pool.submit(_finish_one, run_dir, quiet) for run_dir in todo]:
+            job.result()
+
+
+def _finish_one(run_dir: Path, quiet: bool) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    probe_offline(run_dir, CurveSpec.from_config(run_config(run_dir)), quiet=quiet)
