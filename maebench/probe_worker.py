@@ -29,7 +29,7 @@ from typing import Any
 from maebench import probe_curve as pc
 from maebench.errors import MaebenchError
 
-WORKER_SPEC = "worker.json"  # RUN/probe_snapshots/worker.json: the CurveSpec and the step the session started at
+WORKER_SPEC = "worker.json"  # RUN/probe_snapshots/worker.json: what to probe (the CurveSpec)
 STOP_FILE = "STOP"  # written by the training process: probe what is pending, then exit
 LOCK_FILE = pc.WORKER_LOCK  # one worker per run (a worker orphaned by a killed run finishes before the next starts)
 LOG_FILE = "worker.log"
@@ -43,8 +43,8 @@ NICE = 10  # CFS weight 110 against a nice-0 training thread's 1024: at most 9.7
 
 
 def work(run_dir: Path) -> int:
-    """The worker's life: take the run's worker lock, drop points of steps the resumed run redoes, then probe
-    snapshots as they come until told to stop (or the training process is gone)."""
+    """The worker's life: take the run's worker lock, then probe snapshots as they come until told to stop (or
+    the training process is gone: a point finished after that is not written)."""
     import torch
 
     torch.set_num_threads(1)
@@ -53,8 +53,7 @@ def work(run_dir: Path) -> int:
     job = json.loads((root / WORKER_SPEC).read_text())
     spec = pc.CurveSpec.from_json(job["spec"])
     with open(root / LOCK_FILE, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a worker a killed run left behind
-        pc.keep_points_until(run_dir, job["start_step"])
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a worker a killed run left behind (it writes nothing more)
 
         def wanted() -> bool:
             return os.getppid() == parent
@@ -95,10 +94,11 @@ class ProbeWorker:
         self.process: subprocess.Popen | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / STOP_FILE).unlink(missing_ok=True)
-        pc.drop_snapshots_after(self.run_dir, start_step)
+        pc.drop_snapshots_after(self.run_dir, start_step)  # a resumed run redoes the steps past its checkpoint
+        pc.keep_points_until(self.run_dir, start_step)
         from maebench.atomic import write_text_atomic
 
-        write_text_atomic(self.root / WORKER_SPEC, json.dumps({"spec": spec.to_json(), "start_step": start_step}))
+        write_text_atomic(self.root / WORKER_SPEC, json.dumps({"spec": spec.to_json()}))
         self.session_start = time.time()
         self._start()
 
