@@ -210,6 +210,10 @@ METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging wind
 RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
+PROBES_FILE = "probes.jsonl"  # RUN/probes.jsonl: the probe curve's points (maebench.probe_curve)
+PROBES_FIGURE = "probes.png"  # RUN/probes.png: the probe curves drawn by `maebench report RUN`
+PROBE_SUBSETS_DIR = "probe_subsets"  # RUN/probe_subsets/TASK.seedS.json: each probe task's recorded subset
+PROBE_SNAPSHOTS_DIR = "probe_snapshots"  # RUN/probe_snapshots/step_XXXXXXXX/: encoder weights waiting to be probed
 RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` of this run (holds its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
