@@ -91,13 +91,15 @@ def evaluate(
     probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
     show_table: bool = True, num_workers: int | None = None, baseline: str = "none",
+    subset: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
     (its path under the key "results_path", which is not written to the file).
 
     results.json records the task's chance level; `baseline` "init" (or "auto", see
     `maebench.downstream.baseline`) also evaluates the pretraining run's random init the same way (its own
-    results.json) and records the difference with its noise under "baseline".
+    results.json) and records the difference with its noise under "baseline". `subset`: a recorded subset file
+    (maebench.downstream.subset; a probe curve's RUN/probe_subsets/*.json) to evaluate on instead of the task.
     """
     from maebench.downstream.baseline import baseline_upstream, chance_level, compare_with_baseline
     from maebench.downstream.datasets import load_task
@@ -110,6 +112,10 @@ def evaluate(
     out_dir = usable_dir(out_dir if out_dir is not None else DEFAULT_OUT, "--out")  # before any work
     init = baseline_upstream(upstream_spec, baseline, probe)
     task = load_task(task_name, data_root)
+    if subset is not None:
+        from maebench.downstream.subset import apply_subset, read_subset
+
+        task = apply_subset(task, read_subset(subset), source=subset)
     model, identity = resolve_upstream(upstream_spec)
     family = protocol_family(model)
     settings = resolve_settings(probe, task, overrides, family=family)
@@ -139,9 +145,12 @@ def evaluate(
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     record["protocol"] = protocol
     record["chance"] = chance_level(task)
+    if subset is not None:
+        record["subset"] = str(Path(subset).resolve())
     if init is not None:  # the same task, probe, settings, seeds and folds; its features are cached like any others
         base = evaluate(task_name, init, data_root=data_root, probe=probe, seeds=seeds, out_dir=out_dir,
-                        overrides=overrides, quiet=quiet, device=device, show_table=False, num_workers=num_workers)
+                        overrides=overrides, quiet=quiet, device=device, show_table=False, num_workers=num_workers,
+                        subset=subset)
         record["baseline"] = compare_with_baseline(record, base, sum(len(fold.test) for fold in task.folds))
     run_dir = new_run_dir(out_dir, f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"

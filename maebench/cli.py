@@ -24,6 +24,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "convert": "maebench.commands.convert",
     "run": "maebench.commands.run",
     "demo": "maebench.commands.demo",
+    "probe": "maebench.commands.probe",
+    "report": "maebench.commands.report",
     "data": {
         "manifest": "maebench.commands.data_manifest",
         "toy": "maebench.commands.data_toy",
@@ -36,6 +38,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "cache": "maebench.commands.bench_cache",
         "data": "maebench.commands.bench_data",
         "compile": "maebench.commands.bench_compile",
+        "probe": "maebench.commands.bench_probe",
     },
 }
 

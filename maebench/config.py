@@ -124,6 +124,15 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_last: int = 2
     tensorboard: bool = False  # also write the metrics as TensorBoard events to RUN/tensorboard/ (needs tensorboard)
+    # Probe curve (maebench.probe_curve): at step 0, every probe_every steps (0 = off) and at the end, a snapshot of
+    # the encoder is scored by the logreg probe on a fixed subset of each task in probe_tasks (names as `maebench
+    # eval --task`, hear:PATH included), by a background process, into RUN/probes.jsonl.
+    probe_every: int = 0
+    probe_tasks: tuple[str, ...] = ()
+    probe_data: str | None = None  # dataset root, ROOT/<task> holding each task; None = the toy look-alikes
+    probe_examples: int = 64  # items of each task's train and test subsets (dev: half as many)
+    probe_device: str = "cpu"  # the probe process's torch device (e.g. cuda:1); the CPU keeps the GPU for training
+    probe_max_share: float = 0.1  # the loop waits for the last points at most this share of the run's wall time
 
 
 @dataclass
@@ -164,6 +173,8 @@ def batch_length(cfg: PretrainConfig) -> str:
 _OPERATIONAL_FIELDS = {
     "run_dir", "data.num_workers", "train.compile", "train.log_every", "train.ckpt_every", "train.keep_last",
     "data.loader", "train.tensorboard",  # both loaders deliver the same batches: switching keeps a run resumable
+    "train.probe_every", "train.probe_tasks", "train.probe_data", "train.probe_examples", "train.probe_device",
+    "train.probe_max_share",  # probes watch the run, they do not change it
 }
 
 
@@ -276,6 +287,12 @@ def validate(cfg: PretrainConfig) -> None:
                             "data.valid_clips=N or name a validation list with --set data.valid_source=PATH")
     if not 0 < o.plateau_factor < 1:
         raise MaebenchError(f"optim.plateau_factor={o.plateau_factor} must be between 0 and 1 (SSAST: 0.5)")
+    if t.probe_every < 0 or t.probe_max_share < 0:
+        raise MaebenchError(f"train.probe_every={t.probe_every} (0 = off) and train.probe_max_share="
+                            f"{t.probe_max_share} must not be negative")
+    if t.probe_every and not t.probe_tasks:
+        raise MaebenchError("train.probe_every is set but train.probe_tasks is empty: name the tasks, e.g. "
+                            "--probe-tasks ks2,esc50")
     if cfg.data.clip_seconds < 0.2:  # a 16x16 patch needs 16 fbank frames = 0.175 s
         raise MaebenchError(f"data.clip_seconds={cfg.data.clip_seconds} is too short for a 16-frame patch: use >= 0.2")
     if batch_length(cfg) == "shortest" and cfg.data.min_seconds < 0.2:  # the batch is as long as its shortest clip

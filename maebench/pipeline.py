@@ -519,8 +519,10 @@ class Runner:
         return {"outputs": {k: str(v) for k, v in written.items() if k in ("markdown", "csv")}}
 
     def _do_report(self, stage: Stage) -> dict[str, Any]:
+        from maebench.probe_offline import finish_curves
         from maebench.report import write_report
 
+        finish_curves([self.run_dir / "pretrain" / name for name in self.pretrain])  # probe points left pending
         written = write_report(self.run_dir, self.manifest.data, self.recipe.description)
         return {"outputs": {"report": str(written)}}
 

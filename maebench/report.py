@@ -186,8 +186,22 @@ def write_report(run_dir: str | Path, manifest: dict[str, Any], description: str
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(summary, out)
     figures.update(report_figures(run_dir, manifest, out))  # each pretraining run's RUN/reconstruction.png
+    figures.update(probe_curves_figure(run_dir, manifest, out))
     write_text_atomic(out / "report.md", render_markdown(summary, manifest, figures, description))
     return out / "report.md"
+
+
+def probe_curves_figure(run_dir: str | Path, manifest: dict[str, Any], out: Path) -> dict[str, str]:
+    """{title: probes.png} when the pretraining stages probed while training (train.probe_every), else {}."""
+    from maebench.probe_curve import PROBES_FIGURE, PROBES_FILE
+    from maebench.probe_figures import draw_curves
+
+    runs = {key.split("/", 1)[1]: Path(run_dir) / key for key, entry in manifest.get("stages", {}).items()
+            if key.startswith("pretrain/") and (Path(run_dir) / key / PROBES_FILE).is_file()}
+    if not runs:
+        return {}
+    draw_curves(runs, out / PROBES_FIGURE)
+    return {"probe curves while pretraining (logreg on fixed task subsets; dashed: step 0)": PROBES_FIGURE}
 
 
 def score_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -33,6 +33,10 @@ from maebench.errors import MaebenchError
 from maebench.upstream import checkpoint as layout
 from maebench.upstream.checkpoint import (
     METRICS_FILE,
+    PROBE_SNAPSHOTS_DIR,
+    PROBE_SUBSETS_DIR,
+    PROBES_FIGURE,
+    PROBES_FILE,
     RUN_CHECKPOINTS,
     RUN_CONFIG_FILE,
     RUN_LOCK_FILE,
@@ -305,8 +309,10 @@ def check_run_dir(run_dir: Path) -> None:
 def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
-        if path.name in (RUN_LOCK_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION):
+        if path.name in (RUN_LOCK_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION, PROBES_FILE, PROBES_FIGURE):
             return path.is_file()
+        if path.name in (PROBE_SUBSETS_DIR, PROBE_SNAPSHOTS_DIR):  # the probe curve's (maebench.probe_curve)
+            return path.is_dir()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
                                          for p in path.iterdir())
@@ -400,7 +406,11 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
     if init.is_dir() and _written_by_pretrain(init):
         shutil.rmtree(init)
         deleted.append(layout.RUN_INIT)
-    for name in (METRICS_FILE, RUN_CONFIG_FILE, layout.RUN_RECONSTRUCTION):
+    for name in (PROBE_SUBSETS_DIR, PROBE_SNAPSHOTS_DIR):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+            deleted.append(name)
+    for name in (METRICS_FILE, RUN_CONFIG_FILE, layout.RUN_RECONSTRUCTION, PROBES_FILE, PROBES_FIGURE):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)

@@ -58,6 +58,7 @@ class TrainResult:
     num_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss of its logging window)
+    probes: dict[str, Any] | None = None  # the probe curve's cost in this session (train.probe_every)
 
 
 # ---------------------------------------------------------------------------------------------------- components
@@ -355,6 +356,11 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"pretrain/{name}", value, record["step"])
         self.writer.flush()
 
+    def log_probe_points(self, points: list[dict[str, Any]]) -> None:
+        for point in points:
+            self.writer.add_scalar(f"probe/{point['task']}", point["score"], point["step"])
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -422,9 +428,13 @@ class Pretrainer:
         self.lock: ckpt.RunLock | None = None
         self.tensorboard: TensorBoardLog | None = None
         self.set_latest = set_latest  # see train()
+        self.probes = None  # rank 0's maebench.probe_worker.ProbeWorker when train.probe_every is set
 
     def release(self) -> None:
-        """Drop the run directory's lock (rank 0 holds it from setup to the end of the run); close TensorBoard."""
+        """Drop the run directory's lock (rank 0 holds it from setup to the end of the run); close TensorBoard;
+        stop the probe process (its pending snapshots stay for the resumed run)."""
+        if self.probes is not None:
+            self.probes.stop()
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
@@ -461,6 +471,10 @@ class Pretrainer:
             if self.cfg.train.tensorboard:
                 with _writing(self.run_dir, resume_from):
                     self.tensorboard = TensorBoardLog(self.run_dir, self.start_step)
+            if self.cfg.train.probe_every:
+                from maebench.probe_worker import start_probes
+
+                self.probes = start_probes(self.cfg, self.run_dir, self.start_step, quiet=self.quiet)
         if resolve_compile(self.cfg, self.device):
             compile_blocks(self.model)  # in place: the loop, layerdrop and masking stay eager (see its docstring)
         self.step_module = ddp.wrap_ddp(ddp.PretrainStep(self.model), self.env)
@@ -565,9 +579,13 @@ class Pretrainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         with Reporter(self.env, self.quiet, self.cfg, self.start_step) as reporter:
             self.run_start = self.window.start = time.perf_counter()
+            if self.probes is not None:  # step 0 (the random init), or the resumed step
+                self.probes.after_step(self.state.step, self.model)
             while self.state.step < t.max_steps:
                 self.train_step()
                 reporter.advance(self.state.step)
+                if self.probes is not None:
+                    self.probes.after_step(self.state.step, self.model)
                 save_now = self.state.step % t.ckpt_every == 0 or self.state.step == t.max_steps
                 if self._check_plateau() or save_now or self.state.step % t.log_every == 0:
                     reporter.log(self.end_window())
@@ -670,6 +688,8 @@ class Pretrainer:
         _main_first(self.env, append)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
+            if self.probes is not None:
+                self.tensorboard.log_probe_points(self.probes.new_points())
         self.window.reset(self.state.step)
         return record
 
@@ -736,6 +756,9 @@ class Pretrainer:
         if self.state.step == self.start_step and self.env.is_main:
             print(f"nothing to do: {self.run_dir} is already at step {self.state.step} "
                   f"(train.max_steps={self.cfg.train.max_steps})")
+        probes = self.probes.finish(wall) if self.probes is not None else None
+        if probes is not None and self.tensorboard is not None:
+            self.tensorboard.log_probe_points(self.probes.new_points())
         peak = _peak_memory(self.device)
         if self.env.is_distributed:
             total = torch.tensor([peak], dtype=torch.float64, device=self.device)
@@ -744,10 +767,14 @@ class Pretrainer:
             run_dir=self.run_dir, checkpoint=self.last_checkpoint, start_step=self.start_step, steps=self.state.step,
             wall_s=wall, clips_per_s=self.clips_total / max(wall, 1e-9), peak_memory_bytes=peak,
             last_loss=self.last_loss, num_skipped=self.state.num_skipped, skipped=list(self.state.skipped),
-            losses=self.losses,
+            losses=self.losses, probes=probes,
         )
         if self.env.is_main:
             _print_summary(result, self.env, self.device, next_hint=self.set_latest)
+            if probes is not None:
+                from maebench.probe_worker import describe
+
+                print(describe(probes, self.run_dir), flush=True)
             if self.set_latest:
                 record_latest_pretrain_run(self.run_dir)
         return result

@@ -241,6 +241,10 @@ TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (writ
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
 RUN_INIT = "init"  # RUN/init/: the run's random init (a native checkpoint), the baseline of its evaluations
 RUN_RECONSTRUCTION = "reconstruction.png"  # RUN/reconstruction.png: init vs last step (maebench.reconstruction)
+PROBES_FILE = "probes.jsonl"  # RUN/probes.jsonl: the probe curve's points (maebench.probe_curve)
+PROBES_FIGURE = "probes.png"  # RUN/probes.png: the probe curves drawn by `maebench report RUN`
+PROBE_SUBSETS_DIR = "probe_subsets"  # RUN/probe_subsets/TASK.seedS.json: each probe task's recorded subset
+PROBE_SNAPSHOTS_DIR = "probe_snapshots"  # RUN/probe_snapshots/step_XXXXXXXX/: encoder weights waiting to be probed
 RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` (or `maebench run`) there (its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 

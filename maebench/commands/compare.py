@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse cells whose protocol differs from the paper's for their column (default: mark "
                         "them with a dagger and list the differences)")
     parser.add_argument("--no-png", action="store_true", help="skip the bar chart")
+    parser.add_argument("--curves", nargs="+", metavar="RUN",
+                        help="instead: overlay the probe curves of these pretraining runs (RUN/probes.jsonl) in "
+                             "OUT/probes.png")
+    parser.add_argument("--against", choices=("step", "time"), default="step",
+                        help="x axis of --curves: pretraining step or training seconds (same wall-clock)")
     parser.add_argument("--quiet", action="store_true", help="no progress output from evaluations")
 
 
@@ -76,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from maebench.compare import build_comparison, find_results, read_result, render_rich, write_outputs
     from maebench.errors import MaebenchError
 
+    if args.curves:
+        from maebench.probe_figures import draw_curves
+
+        names = [Path(run).resolve().name for run in args.curves]
+        runs = {name if names.count(name) == 1 else run: run for name, run in zip(names, args.curves, strict=True)}
+        print(f"wrote {draw_curves(runs, Path(args.out) / 'probes.png', x=args.against)}")
+        return 0
     if args.task and not args.upstream:
         raise MaebenchError("--task needs at least one --upstream to evaluate")
     if not args.results and not args.upstream:

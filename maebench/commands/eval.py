@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "if the upstream has none), auto (default) = with the frozen probes when the upstream "
                              "is a run that saved its init, none = never. The task's chance level is always shown")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--subset", metavar="FILE",
+                        help="evaluate on a recorded task subset (a probe curve's RUN/probe_subsets/*.json) instead "
+                             "of the whole task: reproduces one point of `maebench pretrain --probe-every`")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables; one line per result")
 
 
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             raise MaebenchError("no --upstream given and no `maebench pretrain` run found; pass --upstream PATH or "
                                 "a preset such as mae_ast_patch:tiny, or run `maebench pretrain` first")
         upstream = str(latest)
+    if args.subset and args.task == "all":
+        raise MaebenchError("--subset names one task's examples: use it with a single --task, not all")
     tasks = list(TASKS) if args.task == "all" else [args.task]
     roots = {task: task_data(args, task) for task in tasks}
     if len(tasks) > 1:
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for task, data in roots.items():
         record = evaluate(task, upstream, data_root=data, probe=args.probe, seeds=args.seeds, out_dir=args.out,
                           overrides=overrides, quiet=progress_quiet, device=args.device, show_table=False,
-                          baseline=args.baseline)
+                          baseline=args.baseline, subset=args.subset)
         records.append(record)
         if args.quiet:
             print(f"{describe(record)} -> {record['results_path']}")

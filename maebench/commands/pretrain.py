@@ -37,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pipeline, threads in one process; the fairseq2 extra); both give the same batches")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write the metrics as TensorBoard events to RUN/tensorboard/")
+    parser.add_argument("--probe-every", type=int, metavar="N",
+                        help="probe curve: score the encoder at step 0 and every N steps with the logreg probe on a "
+                             "fixed subset of each --probe-tasks task, in a background process -> RUN/probes.jsonl")
+    parser.add_argument("--probe-tasks", metavar="T1,T2",
+                        help="tasks of the probe curve, as `maebench eval --task` names them (e.g. ks2,esc50 or "
+                             "hear:PATH)")
+    parser.add_argument("--probe-data", metavar="ROOT", help="dataset root of the probe tasks, ROOT/<task> holding "
+                        "each (default: their toy look-alikes)")
+    parser.add_argument("--probe-device", metavar="DEVICE",
+                        help="torch device of the probe process (default cpu: the training GPU is left alone)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads (default: the run's own count on resume, else $OMP_NUM_THREADS, else every "
                              "core this process may use; 1 is often faster on a busy shared machine)")
@@ -52,7 +62,9 @@ def build_config(args: argparse.Namespace):
         "model.name": args.model, "model.size": args.size, "data.source": args.data, "run_dir": args.run_dir,
         "train.max_steps": args.max_steps, "train.batch_size": args.batch_size,
         "train.compile": "true" if args.compile else None, "data.loader": args.loader,
-        "train.tensorboard": "true" if args.tensorboard else None,
+        "train.tensorboard": "true" if args.tensorboard else None, "train.probe_every": args.probe_every,
+        "train.probe_tasks": args.probe_tasks, "train.probe_data": args.probe_data,
+        "train.probe_device": args.probe_device,
     }
     cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in flags.items() if v is not None], origin="option")
     return apply_overrides(cfg, args.overrides)
