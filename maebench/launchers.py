@@ -92,9 +92,7 @@ def local_ddp_environments(device: str = "auto", gpus: int | None = None) -> lis
     """torchrun's variables for one pretraining process per visible GPU (one empty environment, a plain single
     process, without GPUs, on CPU, or when already launched by torchrun)."""
     if gpus is None:
-        import torch
-
-        gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+        gpus = visible_gpus() if device in ("auto", "cuda") else 0
     if gpus <= 1 or "RANK" in os.environ:
         return [{}]
     port = str(free_port())
@@ -108,6 +106,12 @@ def eval_worker_devices(jobs: int, gpus: int) -> list[str | None]:
     if gpus <= 0:
         return [None] * jobs
     return [str(index) for index in range(gpus)]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def free_port() -> int:

@@ -307,7 +307,7 @@ class Runner:
         if not (self.run_dir / "recipe.yaml").exists():
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
-        estimates = _time_estimates(self.stages, self.pretrain, self.recipe.evals.jobs)
+        estimates = _time_estimates(self.stages, self.pretrain, self.eval_jobs())
         bad, ran, skipped = 0, False, 0
         log.say(f"maebench run {self.recipe_path.stem}", f"{len(self.stages)} stages in {self.run_dir}")
         with progress_bar(self.quiet, unit="s", fields=("stage",)) as progress:
@@ -323,7 +323,7 @@ class Runner:
                     log.say("pipeline", f"{skipped} stage(s) done earlier are skipped (see {self.manifest.path})")
                 ran = True
                 if len(group) > 1:  # the evaluations, several at once
-                    progress.update(task, stage=f"{len(todo)} evaluations, {self.recipe.evals.jobs} at a time")
+                    progress.update(task, stage=f"{len(todo)} evaluations, {self.eval_jobs()} at a time")
                     bad += self._run_parallel_evals(todo, lambda key: progress.advance(task, estimates[key]))
                     continue
                 stage = todo[0]
@@ -347,7 +347,7 @@ class Runner:
 
     def _groups(self) -> list[list[Stage]]:
         """The stages in run order, one per group, except that with evals.jobs > 1 the evaluations form one group."""
-        if self.recipe.evals.jobs <= 1:
+        if self.eval_jobs() <= 1:
             return [[stage] for stage in self.stages]
         groups: list[list[Stage]] = []
         for stage in self.stages:
@@ -356,6 +356,12 @@ class Runner:
             else:
                 groups.append([stage])
         return groups
+
+    def eval_jobs(self) -> int:
+        """Evaluations at once: one per visible GPU, else the recipe's evals.jobs CPU workers."""
+        from maebench.launchers import eval_worker_devices, visible_gpus
+
+        return len(eval_worker_devices(self.recipe.evals.jobs, visible_gpus()))
 
     def _run_parallel_evals(self, stages: list[Stage], advance: Callable[[str], None]) -> int:
         """Evaluations in `evals.jobs` worker processes; the manifest is written here only, as each finishes.
@@ -378,12 +384,18 @@ class Runner:
             else:
                 items.setdefault((stage.params["upstream"], stage.params["task"]), []).append(stage)
         self._build_tasks({task for _, task in items})
-        jobs = self.recipe.evals.jobs
+        from maebench.launchers import eval_worker_devices, visible_gpus
+
+        devices = eval_worker_devices(self.recipe.evals.jobs, visible_gpus())
+        jobs = len(devices)
         started = time.perf_counter()
         log.started("evaluations", f"{sum(len(group) for group in items.values())}, {jobs} at a time")
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
+        free = context.Queue()  # each worker takes one device (CUDA_VISIBLE_DEVICES) from it
+        for device in devices:
+            free.put(device)
         with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
-                                         initargs=(max(1, cpu_threads() // jobs), os.getpid())) as pool:
+                                         initargs=(max(1, cpu_threads() // jobs), os.getpid(), free)) as pool:
             running = {pool.submit(_evaluate_group, self.run_dir, self.recipe.evals,
                                    [(s.key, s.params, self._upstream_spec(s.params["upstream"])) for s in group]
                                    ): group for group in items.values()}
@@ -576,7 +588,11 @@ def task_root(evals: EvalStage, task: str) -> Path | None:
     return Path(evals.data).expanduser() / task if evals.data and not task.startswith("hear:") else None
 
 
-def _worker_threads(threads: int, parent_pid: int) -> None:
+def _worker_threads(threads: int, parent_pid: int, devices=None) -> None:
+    """An evaluation worker's set-up: dies with the runner, its share of the CPU threads, its own GPU if any."""
+    device = devices.get() if devices is not None else None
+    if device is not None:  # before CUDA is first used in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
     import torch
 
     from maebench.lifetime import die_with_parent
