@@ -122,20 +122,31 @@ def test_a_preempted_pretraining_job_is_requeued_and_resumes_exactly(finished, r
     checkpoint = run_dir / "pretrain/m/checkpoints/step_00000004"
     deadline = time.monotonic() + 180
     while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    job._interrupt()  # the signal SLURM sends before preempting (USR2): submitit checkpoints and requeues
+        time.sleep(0.01)
+    tasks = _tasks(int(job.job_id))
+    for pid in tasks:  # hold the tasks mid-training (a few steps are 1 s here), so the signal lands before the end
+        os.kill(pid, signal.SIGSTOP)
+    for pid in tasks:  # as SLURM does before preempting (--signal=USR2@N): submitit checkpoints and requeues
+        os.kill(pid, signal.SIGUSR2)
+    time.sleep(0.5)
+    for pid in tasks:
+        os.kill(pid, signal.SIGCONT)
     assert job.results() == ["done", "done"]  # both tasks, after the requeue
-    log = Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()
-    assert "Requeued job" in log or "requeu" in log.lower(), log[-2000:]
+    log = Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()  # task 0's, every attempt
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log, log[-3000:]
     outcome = json.loads(launchers.outcome_path(run_dir, "pretrain/m").read_text())
     assert outcome["status"] == "done" and outcome["result"]["start_step"] >= 4
     assert (run_dir / FINAL).read_bytes() == (finished / FINAL).read_bytes()
 
 
+def _tasks(controller: int) -> list[int]:
+    """The task processes of a local job (its controller's children)."""
+    return [int(pid) for pid in Path(f"/proc/{controller}/task/{controller}/children").read_text().split()]
+
+
 def _kill_job(controller: int) -> None:
     """SIGKILL a local job's controller and its task processes."""
-    children = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
-    for pid in [controller, *map(int, children)]:
+    for pid in [controller, *_tasks(controller)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
