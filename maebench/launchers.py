@@ -240,15 +240,21 @@ def run_summary_job(spec: RunSpec) -> str:
 
 def executor(run_dir: Path, settings: LauncherSettings, kind: str, dependency: str | None = None):
     """A submitit executor for one job of a stage kind, with its resources (and SLURM dependency)."""
-    import submitit
-
+    try:
+        import submitit
+    except ImportError:
+        raise MaebenchError("--launcher slurm needs submitit: pip install 'maebench[cluster]'") from None
     folder = run_dir / SUBMITIT_DIR
     res = settings.job_resources(kind)
     if settings.cluster == "local":
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=settings.max_requeues)
         ex.update_parameters(tasks_per_node=res["tasks"], timeout_min=res["minutes"], gpus_per_node=0)
         return ex
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
+    try:
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
+    except RuntimeError as err:  # no srun: not on a SLURM login node
+        raise MaebenchError(f"--launcher slurm: {err} (run it on a login node, or set launcher.cluster: local "
+                            "to try the jobs on this machine)") from None
     ex.update_parameters(**slurm_parameters(settings, kind, dependency))
     return ex
 

@@ -182,6 +182,26 @@ def test_the_sbatch_script_for_the_paper_recipe_asks_for_the_resources(tmp_path,
     assert "estimated GPU hours" in out and not (tmp_path / "r").exists()
 
 
+def test_submitits_slurm_executor_takes_the_parameters(tmp_path, monkeypatch):
+    """The real SlurmExecutor (found `srun` on PATH: an empty script, nothing is submitted) accepts every parameter
+    and writes them into its sbatch file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    settings = launchers.launcher_settings({"kind": "slurm", "partition": "p", "mem_gb_per_gpu": 64, "gpus": 4},
+                                           origin="test")
+    ex = launchers.executor(tmp_path / "run", settings, "pretrain", dependency="afterok:7")
+    text = ex._make_submission_file_text("python -m x", "uid")
+    for line in ("--partition=p", "--gpus-per-node=4", "--ntasks-per-node=4", "--mem=256GB", "--dependency=afterok:7"):
+        assert f"#SBATCH {line}\n" in text, line
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MaebenchError) as excinfo:
+        launchers.executor(tmp_path / "run", settings, "eval")
+    one_line_error(excinfo, "srun", "cluster: local")
+
+
 def test_a_launcher_section_is_checked_when_the_recipe_is_read(recipe, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace("gpus: 2,", "gpu: 2,"))
