@@ -19,7 +19,7 @@ from helpers import one_line_error, write_tone_clips
 
 submitit = pytest.importorskip("submitit", reason="submitit is the `cluster` extra: pip install -e '.[cluster]'")
 
-from maebench import launchers, pipeline  # noqa: E402
+from maebench import launchers, pipeline, slurm  # noqa: E402
 from maebench import run_checkpoint as ckpt  # noqa: E402
 from maebench.cli import main  # noqa: E402
 from maebench.errors import MaebenchError  # noqa: E402
@@ -111,14 +111,14 @@ def test_a_preempted_pretraining_job_is_requeued_and_resumes_exactly(finished, r
     run_dir = tmp_path / "preempted"
     runner = pipeline.Runner(parsed, pretrain, run_dir, path, quiet=True)
     settings = launchers.launcher_settings(parsed.launcher, origin="test")
-    spec = launchers.RunSpec(str(path), str(run_dir))
-    call = launchers.PretrainJob(spec, "pretrain/m")
+    spec = slurm.RunSpec(str(path), str(run_dir))
+    call = slurm.PretrainJob(spec, "pretrain/m")
     requeued = call.checkpoint()  # what submitit pickles again on preemption: the same stage of the same run
     assert isinstance(requeued, submitit.helpers.DelayedSubmission)
     assert (requeued.function.spec, requeued.function.key) == (spec, "pretrain/m")
 
     runner.write_pretrain_job("m")
-    job = launchers.executor(run_dir, settings, "pretrain").submit(call)
+    job = slurm.executor(run_dir, settings, "pretrain").submit(call)
     checkpoint = run_dir / "pretrain/m/checkpoints/step_00000004"
     deadline = time.monotonic() + 180
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -134,7 +134,7 @@ def test_a_preempted_pretraining_job_is_requeued_and_resumes_exactly(finished, r
     assert job.results() == ["done", "done"]  # both tasks, after the requeue
     log = Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()  # task 0's, every attempt
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log, log[-3000:]
-    outcome = json.loads(launchers.outcome_path(run_dir, "pretrain/m").read_text())
+    outcome = json.loads(slurm.outcome_path(run_dir, "pretrain/m").read_text())
     assert outcome["status"] == "done" and outcome["result"]["start_step"] >= 4
     assert (run_dir / FINAL).read_bytes() == (finished / FINAL).read_bytes()
 
@@ -160,11 +160,11 @@ def test_the_sbatch_script_for_the_paper_recipe_asks_for_the_resources(tmp_path,
     parsed, pretrain, path = pipeline.load_pipeline("paper_finetune")
     settings = launchers.launcher_settings(parsed.launcher, origin="test", kind="slurm", partition="learnfair",
                                            account="speech", constraint="volta32gb", gpus=8, time_minutes=4320)
-    pretraining = launchers.sbatch_text(settings, "pretrain", tmp_path)
+    pretraining = slurm.sbatch_text(settings, "pretrain", tmp_path)
     for line in ("--partition=learnfair", "--account=speech", "--constraint=volta32gb", "--gpus-per-node=8",
                  "--ntasks-per-node=8", "--nodes=1", "--time=4320", "--signal=USR2@120", "--cpus-per-task=10"):
         assert f"#SBATCH {line}\n" in pretraining, line
-    evaluation = launchers.sbatch_text(settings, "eval", tmp_path, dependency="afterok:4242")
+    evaluation = slurm.sbatch_text(settings, "eval", tmp_path, dependency="afterok:4242")
     for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--dependency=afterok:4242",
                  "--kill-on-invalid-dep=yes", f"--time={settings.eval_time_minutes}"):
         assert f"#SBATCH {line}\n" in evaluation, line
@@ -192,13 +192,13 @@ def test_submitits_slurm_executor_takes_the_parameters(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     settings = launchers.launcher_settings({"kind": "slurm", "partition": "p", "mem_gb_per_gpu": 64, "gpus": 4},
                                            origin="test")
-    ex = launchers.executor(tmp_path / "run", settings, "pretrain", dependency="afterok:7")
+    ex = slurm.executor(tmp_path / "run", settings, "pretrain", dependency="afterok:7")
     text = ex._make_submission_file_text("python -m x", "uid")
     for line in ("--partition=p", "--gpus-per-node=4", "--ntasks-per-node=4", "--mem=256GB", "--dependency=afterok:7"):
         assert f"#SBATCH {line}\n" in text, line
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(MaebenchError) as excinfo:
-        launchers.executor(tmp_path / "run", settings, "eval")
+        slurm.executor(tmp_path / "run", settings, "eval")
     one_line_error(excinfo, "srun", "cluster: local")
 
 
@@ -230,6 +230,6 @@ def test_submitit_environment_becomes_torchruns(monkeypatch):
                         "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
                         "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1"}.items():
         monkeypatch.setenv(name, value)
-    env = launchers.torchrun_environment(submitit.JobEnvironment())
+    env = slurm.torchrun_environment(submitit.JobEnvironment())
     assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == ("1", "1", "2")
     assert 20000 <= int(env["MASTER_PORT"]) < 40000 and env["MASTER_ADDR"]

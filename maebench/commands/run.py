@@ -95,20 +95,20 @@ def _launcher(parsed, path, args: argparse.Namespace):
 
 def _run_on_cluster(runner, launcher, args: argparse.Namespace) -> int:
     """--status (any launcher), or --launcher slurm: submit what is neither done nor live, then the status."""
-    from maebench import launchers
+    from maebench import slurm
 
     if args.dry_run:
-        print(launchers.describe_jobs(runner, launcher))
+        print(slurm.describe_jobs(runner, launcher))
         return 0
     bad = 0
     if not args.status:
-        spec = launchers.RunSpec(str(runner.recipe_path.resolve()), str(runner.run_dir.resolve()),
-                                 getattr(args, "pretrain_data", None), getattr(args, "eval_data", None))
-        bad = launchers.submit_pipeline(runner, spec, launcher)
+        spec = slurm.RunSpec(str(runner.recipe_path.resolve()), str(runner.run_dir.resolve()),
+                             getattr(args, "pretrain_data", None), getattr(args, "eval_data", None))
+        bad = slurm.submit_pipeline(runner, spec, launcher)
     else:
-        launchers.absorb_outcomes(runner, {})
+        slurm.absorb_outcomes(runner, {})
     print(f"stages of {runner.recipe_path.stem} in {runner.run_dir}:")
-    print("\n".join(launchers.status_lines(runner)))
+    print("\n".join(slurm.status_lines(runner)))
     return 1 if bad else 0
 
 
