@@ -26,9 +26,12 @@ from maebench.downstream.metrics import mean_std
 from maebench.downstream.probes import PROBES, ProbeResult, ProbeSettings, resolve_settings, run_probe, settings_dict
 from maebench.downstream.probes.protocol import describe_protocol
 from maebench.downstream.probes.settings import family_defaults, protocol_family
+from maebench.downstream.selection import SOURCE as SELECTION_SOURCE
+from maebench.downstream.selection import test_selected_scores
+from maebench.downstream.tasks.audioset import relabelled_task, train_labels_record
 from maebench.errors import MaebenchError
 from maebench.paths import usable_dir
-from maebench.upstream.checkpoint import RUN_CHECKPOINTS, is_run_dir
+from maebench.upstream.checkpoint import RUN_CHECKPOINTS, RUN_INIT, is_run_dir
 from maebench.upstream.interface import Upstream
 
 RESULTS_FORMAT = 1
@@ -62,6 +65,7 @@ def upstream_slug(identity: dict[str, Any]) -> str:
     else:
         path = Path(identity["path"])
         text = f"{path.parents[1].name}-{path.name}" if path.parent.name == RUN_CHECKPOINTS else path.stem
+        text = f"{path.parent.name}-{text}" if path.name == RUN_INIT else text
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "upstream"
 
 
@@ -86,10 +90,16 @@ def evaluate(
     task_name: str, upstream_spec: str | Path | Upstream, *, data_root: str | Path | None = None,
     probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
-    show_table: bool = True, num_workers: int | None = None,
+    show_table: bool = True, num_workers: int | None = None, baseline: str = "none",
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
-    (its path under the key "results_path", which is not written to the file)."""
+    (its path under the key "results_path", which is not written to the file).
+
+    results.json records the task's chance level; `baseline` "init" (or "auto", see
+    `maebench.downstream.baseline`) also evaluates the pretraining run's random init the same way (its own
+    results.json) and records the difference with its noise under "baseline".
+    """
+    from maebench.downstream.baseline import baseline_upstream, chance_level, compare_with_baseline
     from maebench.downstream.datasets import load_task
 
     if probe not in PROBES:
@@ -98,11 +108,15 @@ def evaluate(
         raise MaebenchError(f"--seeds must be at least 1 (got {seeds})")
     started = time.perf_counter()
     out_dir = usable_dir(out_dir if out_dir is not None else DEFAULT_OUT, "--out")  # before any work
+    init = baseline_upstream(upstream_spec, baseline, probe)
     task = load_task(task_name, data_root)
     model, identity = resolve_upstream(upstream_spec)
     family = protocol_family(model)
     settings = resolve_settings(probe, task, overrides, family=family)
     protocol = describe_protocol(model, task, probe, settings, family, family_defaults(task, probe, family)[1])
+    protocol["labels"] = train_labels_record(task, settings)
+    if getattr(settings, "train_labels", None):  # AudioSet: a label-enhanced training file (PSLA's, as SSAST)
+        task = relabelled_task(task, settings.train_labels)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if num_workers is None:
@@ -124,6 +138,11 @@ def evaluate(
 
     record = _results_record(task, identity, probe, settings, results, time.perf_counter() - started)
     record["protocol"] = protocol
+    record["chance"] = chance_level(task)
+    if init is not None:  # the same task, probe, settings, seeds and folds; its features are cached like any others
+        base = evaluate(task_name, init, data_root=data_root, probe=probe, seeds=seeds, out_dir=out_dir,
+                        overrides=overrides, quiet=quiet, device=device, show_table=False, num_workers=num_workers)
+        record["baseline"] = compare_with_baseline(record, base, sum(len(fold.test) for fold in task.folds))
     run_dir = new_run_dir(out_dir, f"{task.name}-{upstream_slug(identity)}-{probe}")
     results_path = run_dir / "results.json"
     write_text_atomic(results_path, strict_json(record))
@@ -150,24 +169,32 @@ def strict_json(record: dict[str, Any]) -> str:
 
 def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     results: list[tuple[str, int, ProbeResult]], total_s: float) -> dict[str, Any]:
+    scores = [result.score for _, _, result in results]
+    selection = None
+    if all("epoch_test_scores" in result.details for _, _, result in results):  # model_selection test_epoch_mean
+        epoch, scores = test_selected_scores([result.details["epoch_test_scores"] for _, _, result in results])
+        selection = {"rule": "best mean test epoch", "on_test": True, "epoch": epoch + 1, "source": SELECTION_SOURCE,
+                     "last_epoch_score": round(mean_std([r.score for _, _, r in results])[0], 4)}
     by_fold: dict[str, list[float]] = {}
-    for fold, _, result in results:
-        by_fold.setdefault(fold, []).append(result.score)
+    for (fold, _, _), run_score in zip(results, scores, strict=True):
+        by_fold.setdefault(fold, []).append(run_score)
     fold_means = [mean_std(scores)[0] for scores in by_fold.values()]
     if len(by_fold) > 1:
         score, std = mean_std(fold_means)
     else:
         score, std = mean_std(next(iter(by_fold.values())))
     runs = []
-    for fold, seed, result in results:
-        entry = {"fold": fold, "seed": seed, "score": round(result.score, 4),
+    for (fold, seed, result), run_score in zip(results, scores, strict=True):
+        entry = {"fold": fold, "seed": seed, "score": round(run_score, 4),
                  "dev_score": None if result.dev_score is None else round(result.dev_score, 4)}
-        for key in ("selected_layer", "selected_C"):
+        for key in ("selected_layer", "selected_C", "selected"):
             if key in result.hparams:
                 entry[key] = result.hparams[key]
-        for key in ("best_step", "selection", "train_crops"):
+        for key in ("best_step", "selection", "train_crops", "postprocessing", "test_scores", "epoch_test_scores"):
             if key in result.details:
                 entry[key] = result.details[key]
+        if selection is not None:
+            entry["selection"] = f"epoch {selection['epoch']}: best mean test score over all folds (on test)"
         runs.append(entry)
     return {
         "maebench_results": RESULTS_FORMAT, "task": task.name, "metric": task.metric,
@@ -178,6 +205,7 @@ def _results_record(task, identity: dict, probe: str, settings: ProbeSettings,
                     "train_s": round(sum(r.timings.get("train_s", 0.0) for _, _, r in results), 3),
                     "total_s": round(total_s, 3)},
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"selection": selection} if selection is not None else {}),
     }
 
 
@@ -205,18 +233,23 @@ def print_results_table(records: list[dict[str, Any]]) -> None:
     """The final summary: one row per evaluation."""
     from rich.console import Console
 
+    from maebench.downstream.baseline import describe
     from maebench.tables import new_table, print_table
 
-    table = new_table("maebench eval", ("task", "upstream", "probe", "metric", "score", "std", "runs", "time"),
-                      names=4)
+    table = new_table("maebench eval", ("task", "upstream", "probe", "metric", "score ± std", "chance",
+                                        "random init (Δ ± noise)", "runs", "time"), names=4)
     for record in records:
+        chance, base = record.get("chance"), record.get("baseline")
         table.add_row(
             record["task"], record["upstream"]["name"], record["probe"]["name"], record["metric"],
-            f"{record['score']:.2f}", f"{record['std']:.2f}", str(len(record["runs"])),
-            f"{record['timings']['total_s']:.1f}s",
+            f"{record['score']:.2f} ± {record['std']:.2f}", f"{chance['score']:.2f}" if chance else "–",
+            f"{base['score']:.2f} ({base['difference']:+.2f} ± {base['noise']:.2f})" if base else "–",
+            str(len(record["runs"])), f"{record['timings']['total_s']:.1f}s",
         )
     console = Console()
     print_table(table, console)
     for record in records:
+        if record.get("baseline") or record.get("chance"):
+            console.print(describe(record), soft_wrap=True, highlight=False)
         if record.get("results_path"):
             console.print(f"{record['task']}: {record['results_path']}", soft_wrap=True)

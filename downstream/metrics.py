@@ -84,3 +84,44 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         raise ValueError("mean of no values")
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def chance_score(metric: str, labels: Sequence) -> float:
+    """The score of a predictor that ignores the audio, in percent, on one test set.
+
+    accuracy: always answering the test set's most frequent class (the majority share, 100 * max_c n_c / N);
+    mAP: a constant score for every clip, whose average precision per class is that class's prevalence (all clips
+    tie, so precision = positives / N at recall 1), averaged over the classes with a positive, as the mAP is.
+    `labels`: class indices (accuracy) or, per clip, its class indices (mAP).
+    """
+    if len(labels) == 0:
+        raise ValueError("the chance level of an empty test set is undefined")
+    if metric == "accuracy":
+        _, counts = np.unique(np.asarray([int(label) for label in labels]), return_counts=True)
+        return float(counts.max() / len(labels) * 100.0)
+    if metric == "mAP":
+        positives: dict[int, int] = {}
+        for classes in labels:
+            for c in set(classes):
+                positives[int(c)] = positives.get(int(c), 0) + 1
+        if not positives:
+            raise ValueError("mAP needs at least one class with a positive example")
+        return float(np.mean([count / len(labels) for count in positives.values()]) * 100.0)
+    raise ValueError(f"unknown metric {metric!r}; expected 'accuracy' or 'mAP'")
+
+
+def binomial_se(p1: float, p2: float, n: int) -> float:
+    """Standard error (points) of the difference of two accuracies p1, p2 (percent) measured on the same n items:
+    100 * sqrt((p1 (1 - p1) + p2 (1 - p2)) / n), the two treated as independent binomial proportions."""
+    if n <= 0:
+        return 0.0
+    a, b = p1 / 100.0, p2 / 100.0
+    return 100.0 * math.sqrt(max(0.0, a * (1 - a) + b * (1 - b)) / n)
+
+
+def difference_noise(metric: str, score: float, std: float, other: float, other_std: float, n: int) -> float:
+    """The noise of `score - other` (points), the rule behind every "beats its random init": the larger of the two
+    scores' std (over folds or seeds) and, for accuracy, the binomial standard error of the difference over the n
+    test items (a deterministic probe has std 0, so the test-set size is what is left)."""
+    binomial = binomial_se(score, other, n) if metric == "accuracy" else 0.0
+    return max(std, other_std, binomial)

@@ -201,6 +201,15 @@ def _build_ks2(root: Path, seed: int, backend: str, size: dict) -> None:
     _write_noise_folder(root, rng, NOISE_KINDS[:2], 3.0)
 
 
+def ks2_clip(seed: int = 0) -> tuple[str, np.ndarray]:
+    """(word, 1 s waveform): one keyword rendered as the toy KS2 renders its clips (a voice, the word, a noisy
+    recording), without building the dataset: for figures that show a toy task's kind of audio in milliseconds."""
+    rng = _rng(seed, "ks2-clip")
+    word = KS2_WORDS[int(rng.integers(len(KS2_WORDS)))]
+    (wav,) = synthesize([(word, _random_voice(rng, 0))], resolve_speech_backend())
+    return word, _recorded(_fit(wav, SAMPLE_RATE, rng), rng, KEYWORD_SNR_DB).astype(np.float32)
+
+
 KS1_TOY_AUXILIARY = ("bed", "bird", "cat", "dog", "happy", "house")
 KS1_TOY_UNKNOWN_TEST = ("tree", "wow", "bird", "marvin", "sheila", "house", "dog", "cat")  # some never in training
 

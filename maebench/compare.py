@@ -72,6 +72,7 @@ PAPER: dict[str, Reference] = {ref.key: ref for ref in (
 )}
 PAPER_NOTE = "Paper rows: MAE-AST paper (Baade et al., 2022), fine-tuned upstreams; AS-20K is mAP %, others accuracy %."
 PROTOCOL_NOTE = "† protocol differs from the one behind the paper's number for that column:"
+TEST_SELECTION_NOTE = "‡ selected on test data (each fold reported at the epoch with the best fold-mean test score):"
 MERGE_NOTE = "note: results measured on different data or with different settings (not comparable as they stand):"
 
 
@@ -94,13 +95,16 @@ class Result:
     data_root: str | None = None  # results.json data.root: the dataset the score was measured on
     hparams: dict[str, Any] | None = None  # results.json probe.hparams: the probe settings used
     fingerprint: str | None = None  # results.json upstream.fingerprint: the weights evaluated
+    chance: float | None = None  # results.json chance.score: the task's chance level (None: not recorded)
+    baseline: dict[str, Any] | None = None  # results.json baseline: the run's random init, difference and noise
+    selected_on_test: bool = False  # results.json protocol.selection.on_test: the score was picked on test data
 
 
 def protocol_label(result: Result) -> str:
     """A short name of a cell's protocol: probe, recipe, input geometry, layer selection, feature layout."""
     protocol = result.protocol
-    if not protocol:
-        return "unrecorded"
+    if not protocol:  # results from before protocols were recorded: still name the probe (linear / logreg / ...)
+        return f"{result.probe} (protocol unrecorded)"
     fields = protocol.get("fields") or {}
     parts = [str(protocol.get("probe") or result.probe)]
     if fields.get("recipe"):
@@ -113,6 +117,8 @@ def protocol_label(result: Result) -> str:
         parts.append("tokens")
     if fields.get("dev_holdout") is False:
         parts.append("no dev")
+    if result.selected_on_test:
+        parts.append("test-selected")
     return " ".join(parts)
 
 
@@ -133,14 +139,12 @@ class Row:
         result = self.results.get(task)
         if self.reference is None or result is None or task not in self.reference.scores or not result.protocol:
             return None
-        from maebench.downstream.probes.protocol import differences, protocol_fields
-        from maebench.downstream.tasks.probe_settings import probe_settings
+        from maebench.downstream.paper_protocols import differences, paper_protocol
 
-        try:  # the reference key names the family and tokenizer: "ssast_frame", "mae_ast_patch_6", ...
-            paper = probe_settings(task, False, self.reference.key.removesuffix("_6"))["finetune"]
-        except KeyError:
+        paper = paper_protocol(self.reference.key, task)  # the key names the family: "ssast_frame", "mae_ast_..."
+        if paper is None:
             return None
-        return differences(result.protocol.get("fields") or {}, protocol_fields("finetune", paper))
+        return differences(result.protocol.get("fields") or {}, paper)
 
     def delta(self, task: str) -> float | None:
         if self.reference is None or task not in self.results or task not in self.reference.scores:
@@ -225,7 +229,17 @@ def read_result(path: str | Path) -> Result:
         data_root=None if dataset.get("root") is None else str(dataset["root"]),
         hparams=hparams if isinstance(hparams, dict) else None,
         fingerprint=upstream.get("fingerprint") if isinstance(upstream.get("fingerprint"), str) else None,
+        chance=_number(data["chance"]["score"], path, "chance.score") if isinstance(data.get("chance"), dict)
+        else None,
+        baseline=data["baseline"] if isinstance(data.get("baseline"), dict) else None,
+        selected_on_test=_selected_on_test(data),
     )
+
+
+def _selected_on_test(data: dict[str, Any]) -> bool:
+    protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
+    selection = protocol.get("selection")
+    return isinstance(selection, dict) and selection.get("on_test") is True
 
 
 def find_results(paths: list[str | Path], skipped: list[str] | None = None) -> list[Result]:
@@ -315,8 +329,9 @@ def build_comparison(results: list[Result], reference: str | None = None, *, str
     comparison.notes = merge_notes(comparison, older)
     if strict and protocol_notes(comparison):
         cells = "; ".join(protocol_notes(comparison))
-        raise MaebenchError(f"cells whose protocol differs from the paper's: {cells}; evaluate them with "
-                            "--probe finetune and the default settings, or compare without --strict")
+        raise MaebenchError(f"cells whose protocol differs from the paper's: {cells}; evaluate them by the "
+                            "paper's protocol (--probe finetune; ESC-50 --set model_selection=test_epoch_mean, "
+                            "AS-20K --set train_labels=FILE) or compare without --strict")
     return comparison
 
 
@@ -388,7 +403,13 @@ def _score(result: Result | None, marked: bool = False) -> str:
     if result is None:
         return "–"
     text = f"{result.score:.1f} ± {result.std:.1f}" if result.std is not None else f"{result.score:.1f}"
-    return text + " †" if marked else text
+    return text + (" †" if marked else "") + (" ‡" if result.selected_on_test else "")
+
+
+def test_selection_notes(comparison: Comparison) -> list[str]:
+    """"<row> <task>" for every cell marked ‡ (its score was selected on test data)."""
+    return [f"{row.label} {TASK_LABELS.get(task, task)} ({row.results[task].path})" for row in comparison.rows
+            for task in comparison.tasks if task in row.results and row.results[task].selected_on_test]
 
 
 def _signed(value: float | None) -> str:
@@ -403,6 +424,7 @@ def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
                                     for t in comparison.tasks])
         lines.append(["  protocol"] + [protocol_label(row.results[t]) if t in row.results else "–"
                                        for t in comparison.tasks])
+        lines += _baseline_lines(row, comparison.tasks)
         if row.reference is not None:
             lines.append([f"  Δ vs {row.reference.label}"] + [_signed(row.delta(t)) for t in comparison.tasks])
     for ref in comparison.references:
@@ -412,13 +434,30 @@ def _table_lines(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, lines
 
 
+def _baseline_lines(row: Row, tasks: list[str]) -> list[list[str]]:
+    """The row's baselines, when its results recorded them: its random init's score with the difference and its
+    noise (`maebench eval --baseline`), and the task's chance level."""
+    results = [row.results.get(t) for t in tasks]
+    lines = []
+    if any(r is not None and r.baseline for r in results):
+        lines.append(["  random init (Δ ± noise)"] + [
+            f"{r.baseline['score']:.1f} ({r.baseline['difference']:+.1f} ± {r.baseline['noise']:.1f})"
+            if r is not None and r.baseline else "–" for r in results])
+    if any(r is not None and r.chance is not None for r in results):
+        lines.append(["  chance"] + [f"{r.chance:.1f}" if r is not None and r.chance is not None else "–"
+                                     for r in results])
+    return lines
+
+
 def render_markdown(comparison: Comparison) -> str:
     header, lines = _table_lines(comparison)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(cell.strip().replace("|", "\\|") for cell in line) + " |" for line in lines]
     notes = "".join(f"\n- † {note}" for note in protocol_notes(comparison))
+    on_test = "".join(f"\n- ‡ {note}" for note in test_selection_notes(comparison))
     merged = "".join(f"\n- {note}" for note in comparison.notes)
     return ("\n".join(out) + f"\n\n{PAPER_NOTE}\n" + (f"\n{PROTOCOL_NOTE}{notes}\n" if notes else "")
+            + (f"\n{TEST_SELECTION_NOTE}{on_test}\n" if on_test else "")
             + (f"\n{MERGE_NOTE}{merged}\n" if merged else ""))
 
 
@@ -448,6 +487,14 @@ def render_csv(comparison: Comparison) -> str:
                                                                    else "matches paper")
             protocols += [protocol_label(result) if result else "", status]
         writer.writerow(["protocol", row.upstream, row.probe, int(row.toy), ref, *protocols])
+        results = [row.results.get(task) for task in comparison.tasks]
+        if any(r is not None and r.baseline for r in results):  # the run's random init: its score and std
+            writer.writerow(["init", row.upstream, row.probe, int(row.toy), ref, *[
+                fmt(r.baseline[key] if r is not None and r.baseline else None) for r in results
+                for key in ("score", "std")]])
+        if any(r is not None and r.chance is not None for r in results):
+            writer.writerow(["chance", row.upstream, row.probe, int(row.toy), ref, *[
+                value for r in results for value in (fmt(r.chance if r is not None else None), "")]])
         if row.reference is not None:
             deltas = []
             for task in comparison.tasks:
@@ -468,9 +515,11 @@ def render_rich(comparison: Comparison, console: Any = None) -> None:
 
     header, lines = _table_lines(comparison)
     notes = "".join(f"\n† {note}" for note in protocol_notes(comparison))
+    on_test = "".join(f"\n‡ {note}" for note in test_selection_notes(comparison))
     merged = "".join(f"\n- {note}" for note in comparison.notes)
-    caption = PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else "") + (f"\n{MERGE_NOTE}{merged}" if merged
-                                                                          else "")
+    caption = (PAPER_NOTE + (f"\n{PROTOCOL_NOTE}{notes}" if notes else "")
+               + (f"\n{TEST_SELECTION_NOTE}{on_test}" if on_test else "")
+               + (f"\n{MERGE_NOTE}{merged}" if merged else ""))
     table = new_table("maebench compare", [escape(name) for name in header], caption=escape(caption))
     for line in lines:
         style = "dim" if line[0].endswith("(paper)") or line[0] == "  protocol" else (

@@ -7,7 +7,7 @@ A pipeline recipe (YAML with a top-level `pipeline: 1`, in recipes/) names pretr
     RUN/recipe.yaml              the recipe as given (a different recipe in the same RUN is refused)
     RUN/.lock                    held by the live `maebench run` (a second one on RUN is refused, naming its pid)
     RUN/pretrain/NAME/           a `maebench pretrain` run directory (exact resume: maebench.trainer)
-    RUN/pretrain/NAME-init/      the same architecture at its random init (the weights step 0 started from)
+    RUN/pretrain/NAME/init/      its random init (the weights step 0 started from; written by maebench.trainer)
     RUN/pretrain/NAME.log        that pretraining's whole output (its manifest entry's "log")
     RUN/evals/...                one results.json per evaluation (maebench.downstream.evaluate)
     RUN/stats/                   per-layer feature statistics of every upstream (maebench.feature_stats)
@@ -152,10 +152,10 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
     launcher_settings(parsed.launcher, origin=origin)  # checked now, used by `maebench run`
     if parsed.evals.jobs < 1:
         raise MaebenchError(f"{origin}: evals.jobs must be at least 1, got {parsed.evals.jobs}")
-    bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune")]
+    bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune", "hear")]
     if bad_probes:
         raise MaebenchError(f"{origin}: unknown probe(s) {', '.join(bad_probes)} in evals.probes "
-                            "(linear, logreg, finetune)")
+                            "(linear, logreg, finetune, hear)")
     return parsed, stages, path
 
 
@@ -665,7 +665,9 @@ def stage_log(name: str) -> str:
 
 
 def init_dir(run_dir: Path, name: str) -> Path:
-    return run_dir / "pretrain" / f"{name}-init"
+    from maebench.upstream.checkpoint import RUN_INIT
+
+    return run_dir / "pretrain" / name / RUN_INIT
 
 
 def pretrain_config(spec: PretrainStage, run_dir: Path):
@@ -750,19 +752,13 @@ def describe_plan(runner: Runner) -> str:
 
 
 def _child(job_path: Path) -> None:
-    """One pretraining stage in its own process: the random-init checkpoint, the step budget, then training."""
+    """One pretraining stage in its own process: the step budget, then training (which saves the random init)."""
     from maebench.config import from_dict
-    from maebench.trainer import build_model, seed_everything, train
-    from maebench.upstream import save_upstream
+    from maebench.trainer import train
 
     job = json.loads(job_path.read_text())
     cfg = from_dict(job["config"], origin=str(job_path))
-    init = Path(job["init_dir"])
     main = int(os.environ.get("RANK", "0")) == 0  # under DDP (a cluster job, several GPUs) rank 0 writes files
-    if main and not (init / "config.json").exists():  # the trainer seeds, then builds: the same weights as its step 0
-        seed_everything(cfg.train.seed)
-        save_upstream(build_model(cfg), init, provenance={"random_init_of": cfg.default_run_dir().name,
-                                                          "seed": cfg.train.seed})
     resume = False
     if job["budget_seconds"]:
         calibration = Path(job["calibration"])

@@ -76,26 +76,21 @@ def read_cells(manifest: dict[str, Any], run_dir: str | Path = ".") -> list[Cell
 
 
 def count_wins(cells: list[Cell], pretrained: str, probe: str = WIN_PROBE) -> tuple[int, dict[str, dict]]:
-    """Tasks where `pretrained` beats `pretrained@init` with `probe` by more than max(std, std); per-task detail."""
+    """Tasks where `pretrained` beats `pretrained@init` with `probe` by more than the noise (WIN_RULE)."""
+    from maebench.downstream.metrics import difference_noise
+
     index = {(c.upstream, c.task, c.probe): c for c in cells}
     detail: dict[str, dict] = {}
     for (upstream, task, cell_probe), cell in index.items():
         init = index.get((f"{pretrained}{INIT_SUFFIX}", task, cell_probe))
         if upstream != pretrained or cell_probe != probe or init is None:
             continue
-        margin = max(cell.std, init.std, binomial_se(cell, init))
+        metric = cell.metric if cell.metric == init.metric else ""
+        margin = difference_noise(metric, cell.score, cell.std, init.score, init.std, cell.n)
         delta = cell.score - init.score
         detail[task] = {"pretrained": cell.score, "init": init.score, "delta": round(delta, 4),
                         "noise": round(margin, 4), "win": delta > margin}
     return sum(1 for d in detail.values() if d["win"]), detail
-
-
-def binomial_se(a: Cell, b: Cell) -> float:
-    """Standard error (points) of the difference of two accuracies on the same n test items; 0 if not accuracy."""
-    if a.metric != "accuracy" or b.metric != "accuracy" or not a.n:
-        return 0.0
-    p1, p2 = a.score / 100, b.score / 100
-    return 100 * math.sqrt(max(0.0, p1 * (1 - p1) + p2 * (1 - p2)) / a.n)
 
 
 def read_feature_stats(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, Any] | None:
@@ -181,12 +176,16 @@ def summarize(manifest: dict[str, Any], run_dir: str | Path = ".") -> dict[str, 
 
 
 def write_report(run_dir: str | Path, manifest: dict[str, Any], description: str = "") -> Path:
-    """RUN/report/{report.md, summary.json, loss.png, scores_<probe>.png, layers.png}; returns report.md's path."""
+    """RUN/report/{report.md, summary.json, loss.png, scores_<probe>.png, layers.png, reconstruction_<stage>.png};
+    returns report.md's path."""
+    from maebench.reconstruction import report_figures
+
     out = Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(manifest, run_dir)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = write_figures(summary, out)
+    figures.update(report_figures(run_dir, manifest, out))  # each pretraining run's RUN/reconstruction.png
     write_text_atomic(out / "report.md", render_markdown(summary, manifest, figures, description))
     return out / "report.md"
 

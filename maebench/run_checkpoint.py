@@ -149,6 +149,24 @@ def save_checkpoint(
     return final
 
 
+def save_init(run_dir: Path, model: torch.nn.Module, provenance: dict[str, Any]) -> Path:
+    """Write `RUN/init/`: the model as freshly built, before step 0 (the baseline `maebench eval` compares the run
+    with). Kept when it already holds exactly these weights (a resumed run rebuilds the same init from its seed);
+    rewritten when they differ (e.g. `--resume` with another seed). Call on rank 0, before any update."""
+    from maebench.upstream import save_upstream
+    from maebench.upstream.registry import fingerprint
+
+    target = Path(run_dir) / layout.RUN_INIT
+    identity = fingerprint(model)
+    if layout.is_native_checkpoint(target):
+        try:
+            if layout.read_metadata(target).get("provenance", {}).get("fingerprint") == identity:
+                return target
+        except MaebenchError:
+            pass  # damaged: written again below
+    return save_upstream(model, target, {**provenance, "fingerprint": identity})
+
+
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     """trainer.pt as a dict (weights_only: no code runs); MaebenchError naming the file if it is not one of ours."""
     path = Path(checkpoint) / TRAINER_FILE
@@ -287,11 +305,13 @@ def check_run_dir(run_dir: Path) -> None:
 def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
-        if path.name in (RUN_LOCK_FILE, SKIP_FILES):
+        if path.name in (RUN_LOCK_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION):
             return path.is_file()
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
                                          for p in path.iterdir())
+        if path.name == layout.RUN_INIT:  # the random init: a native checkpoint and nothing else
+            return path.is_dir() and {p.name for p in path.iterdir()} <= {layout.CONFIG_FILE, layout.WEIGHTS_FILE}
         if path.name == TENSORBOARD_DIR:  # only TensorBoard event files, as SummaryWriter names them
             return path.is_dir() and all(p.is_file() and p.name.startswith("events.out.tfevents.")
                                          for p in path.iterdir())
@@ -361,7 +381,8 @@ class RunLock:
 
 
 def delete_run_outputs(run_dir: Path) -> list[str]:
-    """Delete only what `maebench pretrain` writes in a run dir (checkpoints, metrics, config); list it."""
+    """Delete only what `maebench pretrain` writes in a run dir (checkpoints, init, metrics, config, figure); list
+    it."""
     run_dir = Path(run_dir)
     deleted = []
     for path in resumable_checkpoints(run_dir):
@@ -375,7 +396,11 @@ def delete_run_outputs(run_dir: Path) -> list[str]:
                 deleted.append(f"{RUN_CHECKPOINTS}/{path.name} (incomplete)")
         if not any(root.iterdir()):
             root.rmdir()
-    for name in (METRICS_FILE, RUN_CONFIG_FILE):
+    init = run_dir / layout.RUN_INIT
+    if init.is_dir() and _written_by_pretrain(init):
+        shutil.rmtree(init)
+        deleted.append(layout.RUN_INIT)
+    for name in (METRICS_FILE, RUN_CONFIG_FILE, layout.RUN_RECONSTRUCTION):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             deleted.append(name)

@@ -30,7 +30,7 @@ from torch import nn
 from maebench import distributed as ddp
 from maebench import run_checkpoint as ckpt
 from maebench.atomic import write_text_atomic
-from maebench.config import PretrainConfig, check_required, config_hash, to_yaml, validate
+from maebench.config import PretrainConfig, check_required, config_hash, model_overrides, to_yaml, validate
 from maebench.errors import MaebenchError
 from maebench.paths import record_latest_pretrain_run
 from maebench.progress import progress_bar
@@ -72,7 +72,7 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     """
     from maebench import upstream
 
-    overrides = dict(cfg.model.overrides)
+    overrides = model_overrides(cfg)
     if cfg.model.name.startswith("ssast") and "target_frames" not in overrides:
         frames = num_frames(round(cfg.data.clip_seconds * SAMPLE_RATE), SSAST_FBANK)
         overrides["target_frames"] = -(-frames // 16) * 16
@@ -518,12 +518,25 @@ class Pretrainer:
         dropout streams."""
         seed = self.cfg.train.seed
         seed_everything(seed)
-        self.model = build_model(self.cfg).to(self.device)
-        self.model.train()
+        self.model = build_model(self.cfg)
+        self._save_init()
+        self.model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.state = ckpt.TrainerState()
         seed_everything(seed + 1_000_003 * self.env.rank)
+
+    def _save_init(self) -> None:
+        """RUN/init/: the weights step 0 starts from, the baseline of this run's evaluations (rank 0 writes)."""
+        cfg = self.cfg
+        provenance = {"trained_by": "maebench pretrain", "random_init_of": self.run_dir.name, "step": 0,
+                      "seed": cfg.train.seed, "model": f"{cfg.model.name}:{cfg.model.size}"}
+
+        def write() -> None:
+            with _writing(self.run_dir, None):
+                ckpt.save_init(self.run_dir, self.model, provenance)
+
+        _main_first(self.env, write)
 
     def _resume(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """Weights, optimizer, schedule, data position and every RNG stream of `checkpoint` (`saved`: its
@@ -560,7 +573,24 @@ class Pretrainer:
                     reporter.log(self.end_window())
                     if save_now:
                         self.save_checkpoint()
+        if self.env.is_main:
+            self._draw_reconstruction()
         return self.summary()
+
+    def _draw_reconstruction(self) -> None:
+        """RUN/reconstruction.png (maebench.reconstruction): rank 0, when training is over; a failure is a note."""
+        figure = self.run_dir / layout.RUN_RECONSTRUCTION
+        if self.last_checkpoint is None or (self.state.step == self.start_step and figure.exists()):
+            return
+        from maebench.reconstruction import write_run_figure
+
+        try:
+            write_run_figure(self.run_dir, self.cfg.data.source, self.cfg.data.clip_seconds)
+        except (MaebenchError, OSError, RuntimeError, ValueError) as err:  # the run itself is done and saved
+            print(f"note: no {figure.name} ({err})", flush=True)
+            return
+        if not self.quiet:
+            print(f"reconstruction figure: {figure}", flush=True)
 
     def train_step(self) -> None:
         """One optimizer step: grad_accum micro-batches forward and backward, clipping, the update, the schedule."""

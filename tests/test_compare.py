@@ -189,6 +189,19 @@ def _protocol(task: str, family: str, probe: str = "finetune", **changes) -> dic
     return {"probe": probe, "family": family, "fields": {**fields, **changes}}
 
 
+def test_every_cell_names_its_probe_protocol(tmp_path):
+    """Numbers of the four probes on one task are never side by side unmarked: each row names its probe and each
+    cell's protocol line starts with it (also for results written before protocols were recorded)."""
+    for probe in ("linear", "logreg", "hear"):
+        write_result(tmp_path, probe, "esc50", 80.0, upstream="mae_ast_patch:base", family="mae_ast", probe=probe,
+                     protocol={"probe": probe, "family": "mae_ast_patch", "fields": {"probe": probe}})
+    write_result(tmp_path, "ft", "esc50", 88.0, upstream="mae_ast_patch:base", family="mae_ast", probe="finetune")
+    lines = render_markdown(build_comparison(find_results([tmp_path]))).splitlines()
+    for probe in ("linear", "logreg", "hear", "finetune"):
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(f"| mae_ast_patch:base ({probe}) | ")]
+        assert lines[at + 1].startswith(f"| protocol | {probe}")
+
+
 def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp_path, capsys):
     """Matching cells plain, differing cells marked † with their differences listed, 0.1.0 cells 'unrecorded';
     --strict refuses the differing ones."""
@@ -199,18 +212,22 @@ def test_cells_show_their_protocol_and_differences_from_the_paper_are_marked(tmp
     write_result(tmp_path, "c", "ks2", 97.0, upstream="ssast_patch:base", family="ssast", probe="finetune")
     comparison = build_comparison(find_results([tmp_path]))
     (row,) = comparison.rows
-    assert row.paper_differences("esc50") == [] and row.paper_differences("ks2") is None
+    # issue 20: maebench's ESC-50 default keeps the last epoch, the paper's number picks an epoch on test
+    assert row.paper_differences("esc50") == ["selection: last epoch (paper: best mean test epoch)"]
+    assert row.paper_differences("ks2") is None
     assert row.paper_differences("ks1") == ["input_geometry: model (paper: global)",
                                             "target_length: None (paper: 100)"]
     lines = render_markdown(comparison).splitlines()
-    assert "| ssast_patch:base | 88.0 ± 0.5 | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
-    assert "| protocol | finetune ssast global 512f no dev | unrecorded | finetune superb tokens |" in lines
+    assert "| ssast_patch:base | 88.0 ± 0.5 † | 97.0 ± 0.5 | 90.0 ± 0.5 † |" in lines
+    assert ("| protocol | finetune ssast global 512f no dev | finetune (protocol unrecorded) "
+            "| finetune superb tokens |") in lines
     assert any(line.startswith("- † ssast_patch:base KS1: input_geometry: model (paper: global)") for line in lines)
     rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
     protocol_row = next(r for r in rows if r["kind"] == "protocol")
-    assert protocol_row["esc50_std"] == "matches paper" and protocol_row["ks2"] == "unrecorded"
+    assert protocol_row["esc50_std"].startswith("differs: selection")
+    assert protocol_row["ks2"] == "finetune (protocol unrecorded)"
     assert protocol_row["ks1_std"].startswith("differs: input_geometry")
-    with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base KS1"):
+    with pytest.raises(MaebenchError, match="cells whose protocol differs from the paper's: ssast_patch:base ESC-50"):
         build_comparison(find_results([tmp_path]), strict=True)
     assert cli_main(["compare", str(tmp_path), "--strict", "--no-png", "--out", str(tmp_path / "out")]) != 0
     assert "ssast_patch:base KS1" in capsys.readouterr().err
@@ -265,3 +282,26 @@ def test_names_are_printed_whole_when_not_on_a_terminal(tmp_path, capsys):
     assert long_name in printed and "…" not in printed
     row = next(line for line in printed.splitlines() if long_name in line)
     assert all(score in row for score in ("50.0 ± 0.5", "55.0 ± 0.5"))  # the whole row on one line
+
+
+def test_recorded_baselines_show_as_random_init_and_chance_lines(tmp_path):
+    """results.json from `maebench eval` with a baseline: the row gets its init's score with the difference and
+    noise, and the chance level; rows without them get no such lines."""
+    root = tmp_path / "runs"
+    path = write_result(root, "a", "ks2", 35.0, 0.0, upstream="runs/pretrain/x", family="mae_ast")
+    record = json.loads(path.read_text())
+    record["chance"] = {"score": 2.9, "per_fold": {"default": 2.9}, "definition": "majority class"}
+    record["baseline"] = {"kind": "init", "score": 31.4, "std": 0.0, "difference": 3.6, "noise": 1.5,
+                          "beats": True, "upstream": {"name": "runs/pretrain/x/init"}}
+    path.write_text(json.dumps(record))
+    write_result(root, "b", "esc50", 50.0, 1.0, upstream="runs/pretrain/x", family="mae_ast")  # no baselines
+    write_result(root, "c", "ks2", 30.0, 0.0, upstream="ssast_frame:base", family="ssast")
+    comparison = build_comparison(find_results([root]))
+    lines = render_markdown(comparison).splitlines()
+    assert "| random init (Δ ± noise) | – | 31.4 (+3.6 ± 1.5) |" in lines
+    assert "| chance | – | 2.9 |" in lines
+    assert sum(line.startswith("| random init") for line in lines) == 1  # the ssast row recorded none
+    rows = list(csv.DictReader(io.StringIO(render_csv(comparison))))
+    init = next(r for r in rows if r["kind"] == "init")
+    assert (init["upstream"], init["ks2"], init["ks2_std"], init["esc50"]) == ("runs/pretrain/x", "31.4", "0", "")
+    assert next(r for r in rows if r["kind"] == "chance")["ks2"] == "2.9"

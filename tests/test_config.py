@@ -74,8 +74,9 @@ def test_overrides_are_typed():
     assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
     assert cfg.train.compile is True and cfg.data.source is None
     assert cfg.data.clip_seconds == 2.0 and isinstance(cfg.data.clip_seconds, float)
-    assert cfg.model.overrides == {"depth": 6, "dropout": 0.0, "mask_type": "random"}
-    assert PretrainConfig().model.overrides == {}  # the default was copied, not mutated
+    assert cfg.model.overrides == {"depth": 6, "decoder_depth": 1, "dropout": 0.0, "attn_dropout": 0.0,
+                                   "dropout_input": 0.0, "layerdrop": 0.0, "mask_type": "random"}
+    assert PretrainConfig().model.overrides["depth"] == 4  # the default was copied, not mutated
     whole = apply_overrides(cfg, ["model.overrides={depth: 2, pretrain_mode: one_pass}"])
     assert whole.model.overrides == {"depth": 2, "pretrain_mode": "one_pass"}
 
@@ -169,3 +170,23 @@ def test_every_field_has_a_default_and_is_settable():
                 continue
             text = ",".join(map(str, value)) if isinstance(value, tuple) else ("null" if value is None else value)
             assert apply_overrides(cfg, [f"{section}.{f.name}={text}"]) == cfg, f.name
+
+
+def test_short_run_model_defaults_stay_out_of_the_paper_recipes_and_of_ssast():
+    """The default's 4-layer, regulariser-free MAE-AST is the default only: a recipe or saved config lists its model
+    overrides whole, and SSAST (no decoder, no dropout) keeps only the ones that apply to it."""
+    from maebench.config import model_overrides
+    from maebench.trainer import build_model
+
+    for name in PAPER_RECIPES:
+        assert load_recipe(name).model.overrides == {}
+    saved = apply_overrides(PretrainConfig(), ["model.overrides={depth: 2}"])
+    assert from_dict(yaml.safe_load(to_yaml(saved))).model.overrides == {"depth": 2}
+    ssast = apply_overrides(PretrainConfig(), ["model.name=ssast_patch"])
+    assert model_overrides(ssast) == {"depth": 4}
+    assert build_model(ssast).config.depth == 4
+    mae = build_model(PretrainConfig())
+    assert (mae.config.depth, mae.config.decoder_depth, mae.config.dropout, mae.config.layerdrop) == (4, 1, 0.0, 0.0)
+    typo = apply_overrides(ssast, ["model.overrides.dropuot=0.0"])  # not a short-run default: still an error
+    with pytest.raises(MaebenchError, match="unknown field"):
+        build_model(typo)

@@ -79,7 +79,7 @@ def test_eval_uses_latest_pretrain_run_and_finetunes_it(toy_ks2, tmp_path):
     assert record["upstream"]["path"] == str((run_dir / "checkpoints" / "step_00000010").resolve())
     assert record["probe"]["hparams"]["epochs"] == 1 and 0.0 <= record["score"] <= 100.0
     assert record["protocol"]["paper_protocol"] is True and record["protocol"]["paper_differences"] == []
-    assert record["protocol"]["settings_for"] == "default" and record["runs"][0]["selection"] == "best dev"
+    assert record["protocol"]["settings_for"] == "mae_ast" and record["runs"][0]["selection"] == "best dev"
 
 
 def test_ssast_finetune_records_its_own_global_protocol(toy_ks2, tmp_path):

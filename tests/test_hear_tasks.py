@@ -78,8 +78,10 @@ def test_multilabel_is_scored_by_map(tmp_path):
 
 
 @pytest.mark.parametrize("change, needles", [
-    ({"embedding_type": "event", "evaluation": ["event_onset_200ms_fms"]},
-     ("handmade", "event", "not yet supported")),
+    ({"embedding_type": "event", "evaluation": ["event_onset_100ms_fms"]},
+     ("handmade", "event_onset_100ms_fms", "not supported")),
+    ({"embedding_type": "event", "evaluation": ["event_onset_200ms_fms"]},  # labels are not events
+     ("train.json", "a.wav", "start")),
     ({"evaluation": ["chroma_acc"]}, ("chroma_acc", "not yet supported")),
     ({"split_mode": "by_speaker"}, ("split_mode", "by_speaker")),
 ])
@@ -127,6 +129,8 @@ def test_cli_toy_check_and_eval(tmp_path, capsys):
     assert main(["data", "toy", "--task", "hear", "-o", str(out)]) == 0
     task = f"hear:{out / 'hear'}"
     assert main(["data", "check", "--task", task, "--deep"]) == 0
+    assert "layout OK" in capsys.readouterr().out
+    assert main(["data", "check", "--task", f"hear:{out / 'hear_events'}", "--deep"]) == 0  # the event task
     assert "layout OK" in capsys.readouterr().out
     runs = tmp_path / "runs"
     for probe in ("logreg", "linear"):

@@ -59,7 +59,7 @@ class FakeEvaluate:
         self.fail = fail
 
     def __call__(self, task, upstream, *, out_dir, probe, seeds, **_):
-        kind = "init" if str(upstream).endswith("-init") else "pretrained"
+        kind = "init" if Path(upstream).name == "init" else "pretrained"
         self.calls.append((kind, task))
         if (kind, task) in self.fail:
             raise RuntimeError(f"{task}: broken on purpose")  # not even a MaebenchError: still recorded
@@ -115,7 +115,7 @@ def test_a_second_run_skips_finished_stages_and_an_interrupted_pretraining_resum
     assert pretrain["calibration"]["timed_steps"] == 4
     final = run_dir / "pretrain" / "m" / "checkpoints" / "step_00000010" / "model.safetensors"
     finished_weights = final.read_bytes()
-    assert (run_dir / "pretrain" / "m-init" / "model.safetensors").exists()
+    assert (run_dir / "pretrain" / "m" / "init" / "model.safetensors").exists()
     assert len(fake_eval.calls) == 4
 
     # everything done: nothing runs again, from another working directory too (outputs are run-relative)

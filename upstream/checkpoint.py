@@ -6,8 +6,9 @@ Nothing is unpickled when reading (safetensors + JSON only), and a directory is 
 and renamed into place, so readers never see a half-written checkpoint.
 
 This module is also the one home of the training-run layout (the trainer writes it, the registry loads from it):
-`RUN/config.yaml`, `RUN/metrics.jsonl`, `RUN/.lock` and `RUN/checkpoints/step_XXXXXXXX/` (the native files above +
-`trainer.pt`).
+`RUN/config.yaml`, `RUN/metrics.jsonl`, `RUN/.lock`, `RUN/checkpoints/step_XXXXXXXX/` (the native files above +
+`trainer.pt`), `RUN/init/` (the native files of the exact weights step 0 started from: the run's random-init
+baseline, never pruned) and `RUN/reconstruction.png` (the figure drawn when training ends).
 Names under `RUN/checkpoints/` starting with `.staging-` are writes or deletions in progress, never checkpoints.
 `latest_checkpoint(run_dir)` is the one reader of that layout.
 """
@@ -238,6 +239,8 @@ METRICS_FILE = "metrics.jsonl"  # RUN/metrics.jsonl: one record per logging wind
 RUN_CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/
 TRAINER_FILE = "trainer.pt"  # what a resumed run needs beyond the weights (written by maebench.run_checkpoint)
 STAGING_PREFIX = ".staging-"  # RUN/checkpoints/.staging-*: a checkpoint being written or deleted (garbage if left)
+RUN_INIT = "init"  # RUN/init/: the run's random init (a native checkpoint), the baseline of its evaluations
+RUN_RECONSTRUCTION = "reconstruction.png"  # RUN/reconstruction.png: init vs last step (maebench.reconstruction)
 RUN_LOCK_FILE = ".lock"  # RUN/.lock: flock-ed by the live `maebench pretrain` (or `maebench run`) there (its pid)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -281,3 +284,21 @@ def latest_checkpoint(run_dir: str | Path, *, resumable: bool = False) -> Path |
     """The newest checkpoint of a training run (see list_checkpoints), or None if it has none."""
     checkpoints = list_checkpoints(run_dir, resumable=resumable)
     return checkpoints[-1] if checkpoints else None
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The training run a path names: the run directory itself, or the run of one of its step checkpoints."""
+    path = Path(path)
+    if is_run_dir(path):
+        return path
+    if step_of(path) is not None and path.parent.name == RUN_CHECKPOINTS:
+        return path.parent.parent
+    return None
+
+
+def init_checkpoint(path: str | Path) -> Path | None:
+    """The saved random init (`RUN/init/`) of the training run `path` names (see run_of), or None."""
+    run = run_of(path)
+    if run is None or not is_native_checkpoint(run / RUN_INIT):
+        return None
+    return run / RUN_INIT

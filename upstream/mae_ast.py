@@ -7,6 +7,10 @@ classification (InfoNCE within each clip) heads on the masked tokens; loss = 10 
 
 Features (the Upstream path): the same front end, no masking, BatchNorm running statistics, the encoder only;
 each layer's tokens are regrouped per time step, (B, steps, tokens_per_step * dim).
+
+Fine-tuning "under the SSAST library" (`use_global_input`, AS / ESC-50 / KS2): SSAST's data-loader input
+(`maebench.upstream.ssast_input`) replaces the model's own fbank, and the model keeps the rest of its forward,
+BatchNorm included (the reference's `MAE_AST.forward` applies `batch_norm(source) * 0.5` to whatever it is given).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from .blocks import Block, sinusoidal_positions
 from .frontend import MAE_AST_FBANK, FbankConfig, fbank_batch, frames_to_samples, num_frames
 from .interface import Features, PretrainOutput, Upstream
 from .masking import CHUNK_STYLES, CHUNK_TRIMS, chunk_mask, gather_tokens, random_mask, split_indices
+from .ssast import GlobalInput
+from .ssast_input import ssast_loader_input
 from .vocabulary import config_from_dict
 
 NUM_MEL_BINS = 128
@@ -355,6 +361,38 @@ class MaeAst(Upstream):
     # dim), as mainline s3prl's mae_ast upstream; True = the token sequence (B, steps * tokens_per_step, dim), as the
     # authors' s3prl expert returns it (MAE-AST-Public s3prl/mae_ast/expert.py: results["x"], downsample 320).
     token_features: bool = False
+    # SSAST's fine-tuning input (see `use_global_input`); None = the model's own variable-length input
+    global_input: GlobalInput | None = None
+
+    def use_global_input(self, spec: GlobalInput | None) -> None:
+        """Switch `forward` to SSAST's data-loader input: one (target_frames, 128) fbank per clip, made as SSAST's
+        loader makes it (hanning / htk fbank of the mean-removed wave, cut or padded, dataset statistics), then the
+        model's own BatchNorm * 0.5, tokens and encoder with no padding mask (None: back to the native input)."""
+        if spec is not None and spec.target_frames < self.ktime:
+            raise MaebenchError(f"mae_ast target_frames={spec.target_frames} is shorter than one token "
+                                f"({self.ktime} frames)")
+        self.global_input = spec
+
+    def _global_forward(self, wavs: Tensor, lens: Tensor) -> Features:
+        """Features of SSAST's fixed input: every token attends to every other (padding included, as the reference
+        sees one fixed-size spectrogram); last_hidden_state = the last layer over the whole grid, which SSAST's
+        ft_avgtok head averages; lens = steps that start inside the clip."""
+        spec = self.global_input
+        assert spec is not None
+        device = self._device()
+        augment = self.fbank_augment if self.training else None
+        noise = self.input_augment if self.training else None
+        x, frame_lens = ssast_loader_input(wavs.to(device).float(), torch.as_tensor(lens, device=device).long(), spec,
+                                           augment=augment, noise=noise)
+        tokens = self._tokenise(self._normalise(x, batch_stats=self.training))
+        b, n, _ = tokens.shape
+        steps = n // self.tokens_per_step
+        layers = self._encode(self.patch_embed(tokens) + self._positions_for(n, tokens), None, layerdrop=0.0)
+        valid = torch.div(frame_lens + self.ktime - 1, self.ktime, rounding_mode="floor").clamp(1, steps)
+        if self.token_features:
+            return Features(hidden_states=layers, lens=valid * self.tokens_per_step, last_hidden_state=layers[-1])
+        hidden = [h.reshape(b, steps, self.hidden_size) for h in layers]
+        return Features(hidden_states=hidden, lens=valid, last_hidden_state=hidden[-1])
 
     def forward(self, wavs: Tensor, lens: Tensor) -> Features:
         """Per-layer encoder features, (B, steps, tokens_per_step * dim) each (see `token_features`); no masking, no
@@ -366,7 +404,10 @@ class MaeAst(Upstream):
 
         A partial last token (frames past a multiple of ktime) is dropped: the reference counts it as valid when a
         longer clip in the batch supplies the frames (forward_padding_mask rounds up) and drops it otherwise (Unfold
-        floors), so its count depends on the batch; here every clip gets floor(frames / ktime) steps."""
+        floors), so its count depends on the batch; here every clip gets floor(frames / ktime) steps.
+        With `use_global_input`, SSAST's fine-tuning input instead (`_global_forward`)."""
+        if self.global_input is not None:
+            return self._global_forward(wavs, lens)
         feats, frame_lens = self._fbank(wavs, lens)
         if feats.shape[1] < self.ktime:  # shorter than one token: pad so every item yields one (zero-input) step
             feats = F.pad(feats, (0, 0, 0, self.ktime - feats.shape[1]))

@@ -39,6 +39,7 @@ from maebench.downstream.probes.settings import (
     settings_dict,
 )
 from maebench.downstream.probes.training import (
+    DevScorer,
     balanced_weights,
     eval_labels,
     loss_name,
@@ -71,6 +72,7 @@ def finetune_probe(
             while run.step < run.max_steps:
                 _train_epoch(run, lambda: progress.advance(bar))
                 _average_epoch(run)
+                _test_epoch(run)
     finally:
         upstream.fbank_augment = None
         upstream.input_augment = None
@@ -105,6 +107,8 @@ class _Run:
     best: tuple[float | None, int, _State | None] = (None, 0, None)  # (dev score, step, weights)
     average: _State | None = None
     averaged_epochs: int = 0
+    epoch_test_scores: list[float] | None = None  # model_selection "test_epoch_mean": test score after each epoch
+    dev_scorer: DevScorer | None = None
 
 
 def _setup(upstream: Upstream, task, fold, settings: FinetuneSettings, *, seed: int, num_workers: int) -> _Run:
@@ -129,6 +133,8 @@ def _setup(upstream: Upstream, task, fold, settings: FinetuneSettings, *, seed: 
         augment=SpecAugment(settings.freqm, settings.timem), max_steps=max_steps,
         eval_every=eval_every, num_workers=num_workers,
         averaging=settings.weight_averaging if isinstance(settings, SsastFinetuneSettings) else None,
+        dev_scorer=DevScorer(task, [ex.label for ex in fold.dev], balanced=getattr(settings, "balanced_dev", False),
+                             seed=seed),
     )
 
 
@@ -245,6 +251,18 @@ def _average_epoch(run: _Run) -> None:
                                                                                        strict=True)]
 
 
+def _test_epoch(run: _Run) -> None:
+    """With model_selection "test_epoch_mean": score test after the epoch (SSAST validates on the test fold every
+    epoch; `maebench.downstream.selection` picks the epoch over all folds)."""
+    if getattr(run.settings, "model_selection", "final") != "test_epoch_mean":
+        return
+    logits = predict(run.upstream, run.head, run.task, run.fold.test, num_workers=run.num_workers, quiet=True)
+    score = task_score(run.task.metric, logits, eval_labels([ex.label for ex in run.fold.test], run.task))
+    run.epoch_test_scores = [*(run.epoch_test_scores or []), score]
+    run.upstream.train()
+    run.head.train()
+
+
 def _running_mean(mean: Tensor, new: Tensor, count: int) -> Tensor:
     if not mean.is_floating_point():
         return new
@@ -253,7 +271,7 @@ def _running_mean(mean: Tensor, new: Tensor, count: int) -> Tensor:
 
 def _dev_score(run: _Run) -> float:
     logits = predict(run.upstream, run.head, run.task, run.fold.dev, num_workers=run.num_workers, quiet=True)
-    return task_score(run.task.metric, logits, eval_labels([ex.label for ex in run.fold.dev], run.task))
+    return run.dev_scorer(logits)
 
 
 # ----------------------------------------------------------------------------------------------------- summary
@@ -277,7 +295,8 @@ def _summary(run: _Run, start: float, *, quiet: bool) -> ProbeResult:
         timings={"extract_s": 0.0, "train_s": train_s},
         details={"steps": run.step, "epochs": run.epoch, "best_step": run.best[1],
                  "selection": "weight averaging" if run.average is not None else (
-                     "best dev" if run.fold.dev else "last step (no dev split)")},
+                     "best dev" if run.fold.dev else "last step (no dev split)"),
+                 **({"epoch_test_scores": run.epoch_test_scores} if run.epoch_test_scores is not None else {})},
     )
 
 

@@ -25,6 +25,7 @@ from maebench.downstream.metrics import task_score
 from maebench.downstream.probes.result import ProbeResult
 from maebench.downstream.probes.settings import LinearSettings, resolve_settings, settings_dict
 from maebench.downstream.probes.training import (
+    DevScorer,
     balanced_weights,
     epoch_batches,
     eval_labels,
@@ -122,8 +123,10 @@ def linear_probe(
     torch.manual_seed(seed)
     head = SuperbHead(train.num_layers, train.features.shape[2], task.num_classes, settings.projector_dim).to(device)
 
+    scorer = DevScorer(task, dev.labels, balanced=settings.balanced_dev, seed=seed) if dev is not None else None
+
     def dev_score() -> float:
-        return task_score(task.metric, pooled_logits(head, dev.features), eval_labels(dev.labels, task))
+        return scorer(pooled_logits(head, dev.features))
 
     start = time.perf_counter()
     with few_threads(device):

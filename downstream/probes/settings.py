@@ -17,7 +17,7 @@ from typing import Any, Literal
 from maebench.errors import MaebenchError
 from maebench.settings import from_mapping, set_field, to_plain
 
-PROBES = ("linear", "finetune", "logreg")
+PROBES = ("linear", "finetune", "logreg", "hear")
 
 
 @dataclass(kw_only=True)
@@ -35,6 +35,7 @@ class LinearSettings:
     projector_dim: int = 256
     loss: Literal["ce", "bce"] = "ce"  # multi-label tasks always train with "bce"
     balanced_sampling: bool = False  # draw training items by the task's sample_weights (s3prl's KS1 sampler)
+    balanced_dev: bool = False  # score dev on a class-balanced draw with replacement (s3prl's KS1 dev loader)
     train_crop_seconds: float = 0.0  # train on one seeded random crop of this length per longer clip (0: whole)
     source: str = ""  # the reference the task's values come from
 
@@ -78,6 +79,9 @@ class FinetuneSettings:
     normalise_padding: bool = True  # global input: pad then normalise (SSAST dataloader) or normalise then pad
     feature_layout: Literal["frames", "tokens"] = "frames"  # per time step, or the model's token sequence
     dev_holdout: bool = True  # False: train on train + dev, no model selection (the reference has no dev set)
+    # AudioSet: an AST-format json whose labels replace the training clips' (matched by file name), e.g. PSLA's
+    # label-enhanced balanced_train_data_type1_2_mean.json that SSAST trains AS-20K on (None: the labels as shipped)
+    train_labels: str | None = None
     fbank_mean: float | None = None
     fbank_std: float | None = None
     source: str = ""
@@ -94,6 +98,10 @@ class SsastFinetuneSettings(FinetuneSettings):
     epochs: int
     lr_schedule: StepDecay | None = None
     weight_averaging: tuple[int, int] | None = None  # average the weights of epochs [first, last] (1-based)
+    # "final": the weights the recipe ends with (weight average, best dev, or last epoch), no test data used;
+    # "test_epoch_mean": every fold scored on test after each epoch, all folds reported at the epoch with the best
+    # fold-mean test score (SSAST src/finetune/esc50/get_esc_result.py): selection on test, flagged as such
+    model_selection: Literal["final", "test_epoch_mean"] = "final"
 
 
 @dataclass(kw_only=True)
@@ -107,6 +115,7 @@ class SuperbFinetuneSettings(FinetuneSettings):
     eval_every: int = 0  # dev evaluation interval in updates (0: once per epoch)
     projector_dim: int = 256
     layers: Literal["all", "last"] = "all"  # s3prl `-s hidden_states` (weighted sum) or `-s last_hidden_state`
+    balanced_dev: bool = False  # score dev on a class-balanced draw with replacement (s3prl's KS1 dev loader)
 
 
 @dataclass(kw_only=True)
@@ -118,7 +127,35 @@ class LogregSettings:
     max_iter: int = 1000
 
 
-ProbeSettings = LinearSettings | FinetuneSettings | LogregSettings
+@dataclass(kw_only=True)
+class HearSettings:
+    """hear-eval-kit's downstream protocol (2021.1.3, heareval/predictions/task_predictions.py PARAM_GRID and
+    runner.py): an MLP per grid point (Linear -> BatchNorm1d -> Dropout -> ReLU blocks, then a Linear), Adam,
+    full-batch-1024 epochs in file order, the task's first score on the validation split checked every
+    `check_every` epochs, early stopping after `patience` checks without a strict improvement, the best check's
+    model kept. `grid_points` of the grid (shuffled with `grid_seed`) are tried on the first fold; the best one's
+    settings train the other folds. Event tasks: frame-level, post-processing grid picked per check on validation."""
+
+    hidden_layers: tuple[int, ...] = (1, 2)
+    hidden_dim: tuple[int, ...] = (1024,)
+    dropout: tuple[float, ...] = (0.1,)
+    lr: tuple[float, ...] = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
+    initialization: tuple[Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"], ...] = (
+        "xavier_uniform", "xavier_normal")
+    grid_points: int = 8  # heareval.predictions.runner --grid-points default
+    grid_seed: int = 42  # seed_everything(42) before random.shuffle of the grid (deterministic runs)
+    batch_size: int = 1024
+    max_epochs: int = 500
+    check_every: int = 3  # check_val_every_n_epoch
+    patience: int = 20  # validation checks without improvement
+    shuffle: bool = False  # hear-eval-kit's train loader does not shuffle (its check compares a list to "train")
+    layer: str = "mean"  # the embedding: mean over the upstream's layers (maebench.hear's default) or an index
+    median_filter_ms: tuple[float, ...] = (250.0,)  # EVENT_POSTPROCESSING_GRID (event tasks)
+    min_duration_ms: tuple[float, ...] = (125.0, 250.0)
+    source: str = "hear-eval-kit 2021.1.3 heareval/predictions/task_predictions.py PARAM_GRID"
+
+
+ProbeSettings = LinearSettings | FinetuneSettings | LogregSettings | HearSettings
 FINETUNE_RECIPES: dict[str, type[FinetuneSettings]] = {"ssast": SsastFinetuneSettings,
                                                        "superb": SuperbFinetuneSettings}
 
@@ -129,6 +166,8 @@ def settings_class(probe: str, recipe: str | None = None) -> type:
         return LinearSettings
     if probe == "logreg":
         return LogregSettings
+    if probe == "hear":
+        return HearSettings
     if probe == "finetune":
         recipe = recipe or "ssast"
         if recipe not in FINETUNE_RECIPES:
@@ -192,8 +231,9 @@ def resolve_settings(probe: str, task, overrides: Mapping[str, Any] | None = Non
 
 # value ranges types cannot express (as `maebench.config.validate` for pretraining)
 _POSITIVE = ("lr", "batch_size", "grad_accum", "max_steps", "projector_dim", "head_lr_mult", "epochs", "max_iter",
-             "target_length", "fbank_std")
-_NON_NEGATIVE = ("eval_every", "grad_clip", "warmup_steps", "weight_decay", "freqm", "timem", "train_crop_seconds")
+             "target_length", "fbank_std", "grid_points", "hidden_dim", "max_epochs", "check_every")
+_NON_NEGATIVE = ("patience", "eval_every", "grad_clip", "warmup_steps", "weight_decay", "freqm", "timem",
+                 "train_crop_seconds")
 
 
 def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
@@ -204,12 +244,21 @@ def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
         return MaebenchError(f"{origin} {key}={value}: must be {wanted}")
 
     values = settings_dict(settings)
-    for key in _POSITIVE:
-        if values.get(key) is not None and values[key] <= 0:
-            raise bad(key, values[key], "positive")
+    for key in _POSITIVE:  # a grid (the hear probe's lr, hidden_dim) must be non-empty and positive throughout
+        value = values.get(key)
+        numbers = value if isinstance(value, list) else [value]
+        if value is not None and (not numbers or min(numbers) <= 0):
+            raise bad(key, value, "positive")
     for key in _NON_NEGATIVE:
         if values.get(key) is not None and values[key] < 0:
             raise bad(key, values[key], "0 or more")
+    if "hidden_layers" in values:  # the hear probe's grids
+        if not values["hidden_layers"] or min(values["hidden_layers"]) < 0:
+            raise bad("hidden_layers", values["hidden_layers"], "0 or more hidden layers, e.g. 1,2")
+        if not values["dropout"] or not all(0 <= p < 1 for p in values["dropout"]):
+            raise bad("dropout", values["dropout"], "probabilities in [0, 1), e.g. 0.1")
+        if not values["initialization"]:
+            raise bad("initialization", values["initialization"], "one or more of xavier_uniform, xavier_normal")
     if not 0.0 <= values.get("mixup", 0.0) <= 1.0:
         raise bad("mixup", values["mixup"], "a probability in [0, 1]")
     if "betas" in values and not all(0.0 <= beta < 1.0 for beta in values["betas"]):
@@ -222,6 +271,9 @@ def check_settings(settings: ProbeSettings, *, origin: str = "--set") -> None:
     averaging = values.get("weight_averaging")
     if averaging and not 1 <= averaging[0] <= averaging[1]:
         raise bad("weight_averaging", ",".join(map(str, averaging)), "first,last epochs with 1 <= first <= last")
+    if values.get("model_selection") == "test_epoch_mean" and averaging:
+        raise bad("model_selection", "test_epoch_mean", "used without weight_averaging (it picks one epoch; set "
+                  "weight_averaging=null)")
 
 
 def check_used(settings: ProbeSettings, key: str, task, probe: str, *, origin: str = "--set") -> None:
@@ -235,6 +287,10 @@ def check_used(settings: ProbeSettings, key: str, task, probe: str, *, origin: s
         reason = f"{task.name} is multi-label and always trains with bce"
     elif field == "balanced_sampling" and task.sample_weights is None:
         reason = f"{task.name} has no sampling weights (only ks1 and as2m do)"
+    elif field == "train_labels" and task.name not in ("as20k", "as2m"):
+        reason = "label files replace AudioSet training labels only (as20k, as2m)"
+    elif field == "balanced_dev" and (task.multilabel or not any(fold.dev for fold in task.folds)):
+        reason = f"{task.name} has no single-label dev split to resample"
     elif field in ("fbank_mean", "fbank_std", "normalise_padding") and \
             getattr(settings, "input_geometry", None) != "global":
         reason = "it applies only with input_geometry=global"

@@ -1,4 +1,5 @@
-"""What the trained probes share: targets and losses, class-balanced sampling, shuffled batches, state snapshots."""
+"""What the trained probes share: targets and losses, class-balanced sampling, shuffled batches, dev scoring,
+state snapshots."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maebench.downstream.metrics import multi_hot
+from maebench.downstream.metrics import multi_hot, task_score
 from maebench.errors import MaebenchError
 
 
@@ -62,6 +63,33 @@ def epoch_batches(num: int, batch_size: int, generator: torch.Generator, weights
             order = torch.multinomial(weights, num, replacement=True, generator=generator)
         for start in range(0, num, batch_size):
             yield order[start : start + batch_size]
+
+
+class DevScorer:
+    """The dev score a probe selects on: the task metric over the dev split, or with `balanced` (s3prl's KS1 dev
+    loader, downstream/speech_commands/expert.py `_get_balanced_dev_dataloader`) over a fresh draw of len(dev)
+    items with replacement at each evaluation, item weights len(dev) / (its class's count), as WeightedRandomSampler
+    draws them (torch.multinomial over the weights), from a generator seeded with the probe's seed."""
+
+    def __init__(self, task, labels: Sequence, *, balanced: bool, seed: int):
+        self.metric = task.metric
+        self.labels = eval_labels(labels, task)
+        self.generator = torch.Generator().manual_seed(seed) if balanced else None
+        self.weights = class_balanced_weights(labels) if balanced else None
+
+    def __call__(self, logits: np.ndarray) -> float:
+        if self.weights is None:
+            return task_score(self.metric, logits, self.labels)
+        draw = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=self.generator).numpy()
+        return task_score(self.metric, logits[draw], self.labels[draw])
+
+
+def class_balanced_weights(labels: Sequence[int]) -> Tensor:
+    """s3prl speech_commands' sample weights: len(labels) / (count of the item's class), float64."""
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return torch.tensor([len(labels) / counts[label] for label in labels], dtype=torch.double)
 
 
 def state_copy(*modules: nn.Module) -> list[dict[str, Tensor]]:

@@ -10,6 +10,7 @@ AS-2M trains on balanced + unbalanced (SSAST's "full" set) with AST/PSLA samplin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -100,3 +101,51 @@ def load_audioset(name: str, root: Path, probe_defaults: dict, is_toy: bool) -> 
     fold = Fold("default", train, dev, test)
     return Task(name, root, "mAP", display, True, [fold], None, None, probe_defaults, is_toy,
                 sample_weights=weights)
+
+
+# SSAST trains AS-20K on PSLA's label-enhanced balanced set (ssast src/finetune/audioset/run_as.sh tr_data); the file
+# is not public in a form maebench can fetch, so a user supplies it (finetune setting `train_labels`).
+ENHANCED_LABELS = "balanced_train_data_type1_2_mean.json"
+
+
+def relabel(task: Task, examples: list[Example], label_file: str | Path) -> tuple[list[Example], int]:
+    """(`examples` with the labels `label_file` gives their clips, how many were relabelled). Clips are matched by
+    file name (the enhanced file lists the authors' own paths); a clip it does not list keeps its label. A file
+    that matches none of `examples` is a MaebenchError (it is not a label file for this data)."""
+    path = Path(label_file).expanduser()
+    mids, _ = read_class_labels(Path(task.root) / LABELS_CSV)
+    listed = read_datafile(path, Path(task.root), {m: i for i, m in enumerate(mids)})
+    by_name = {ex.path.name: ex.label for ex in listed}
+    out = [dataclasses.replace(ex, label=by_name[ex.path.name]) if ex.path.name in by_name else ex
+           for ex in examples]
+    matched = sum(ex.path.name in by_name for ex in examples)
+    if examples and not matched:
+        raise MaebenchError(f"label file {path} names none of the {len(examples)} training clips of {task.root} "
+                            "(clips are matched by file name); pass the label file of this AudioSet copy")
+    return out, matched
+
+
+def relabelled_task(task: Task, label_file: str | Path) -> Task:
+    """`task` with the training and dev clips of every fold (all from the balanced training file) taking the labels
+    of `label_file` (`relabel`); test clips keep theirs."""
+    folds = []
+    for fold in task.folds:
+        relabelled, _ = relabel(task, fold.train + fold.dev, label_file)
+        folds.append(dataclasses.replace(fold, train=relabelled[: len(fold.train)],
+                                         dev=relabelled[len(fold.train):]))
+    return dataclasses.replace(task, folds=folds, _fingerprint=None)
+
+
+def train_labels_record(task: Task, settings) -> dict:
+    """results.json protocol "labels": which training labels were used, how many clips a label file changed,
+    and what the reference used."""
+    label_file = getattr(settings, "train_labels", None)
+    if task.name not in ("as20k", "as2m"):
+        return {"train": "as shipped"}
+    reference = f"SSAST: PSLA's label-enhanced {ENHANCED_LABELS} (ssast src/finetune/audioset/run_as.sh tr_data)"
+    if not label_file:
+        return {"train": f"as shipped ({BALANCED}): NOT the reference's labels", "reference": reference}
+    train = [ex for fold in task.folds for ex in fold.train + fold.dev]
+    _, matched = relabel(task, train, label_file)
+    return {"train": f"label file {Path(label_file).expanduser().resolve()}", "relabelled": matched,
+            "clips": len(train), "reference": reference}

@@ -62,6 +62,7 @@ class Task:
     is_toy: bool = False
     sample_weights: list[float] | None = None  # weights for a WeightedRandomSampler over folds[0].train
     gain_db: float = 0.0  # applied to every waveform read (KS1: s3prl's sox effect "gain -3.0")
+    events: dict[str, list[dict]] | None = None  # event tasks (HEAR): example key -> [{label index, start, end ms}]
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -11,7 +11,9 @@ Folds follow hear-eval-kit: `trainvaltest` is one fold (train / valid / test); w
 folds take turns as test, the next one (cyclically) is the dev set and the rest train, the score being the mean
 over the k. The task's metric is the first of its `evaluation` list, computed by maebench's metrics: top1_acc
 (and pitch_acc) as accuracy, mAP as mean average precision over the classes present, both in percent (HEAR reports
-fractions). Event (timestamp) tasks are not supported yet: loading one is an error naming it.
+fractions). Event (timestamp) tasks (embedding_type "event": each file's labels are events {"label", "start", "end"}
+in ms) keep their events in `Task.events`, score by HEAR's event scores (`maebench.downstream.event_metrics`) and
+take only the `hear` probe (frame-level, as hear-eval-kit).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from maebench.downstream.event_metrics import EVENT_SCORES
 from maebench.downstream.probes.settings import LinearSettings, LogregSettings, settings_dict
 from maebench.errors import MaebenchError
 
@@ -93,13 +96,17 @@ def hear_task_name(name: str) -> str:
 
 
 def _metric(meta: dict[str, Any], path: Path) -> str:
-    if meta["embedding_type"] != "scene":
-        raise MaebenchError(f"HEAR task {meta['task_name']} ({path}) is an {meta['embedding_type']} (timestamp) "
-                            "task: event tasks are not yet supported by maebench, only scene tasks")
+    if meta["embedding_type"] not in ("scene", "event"):
+        raise MaebenchError(f"malformed {path}: embedding_type {meta['embedding_type']!r} is neither scene nor event")
     if meta["prediction_type"] not in ("multiclass", "multilabel"):
         raise MaebenchError(f"malformed {path}: prediction_type {meta['prediction_type']!r} is neither multiclass "
                             "nor multilabel")
     evaluation = meta["evaluation"] if isinstance(meta["evaluation"], list) else [meta["evaluation"]]
+    if meta["embedding_type"] == "event":
+        if not evaluation or evaluation[0] not in EVENT_SCORES:
+            raise MaebenchError(f"HEAR event task {meta['task_name']}: its primary score {evaluation[:1]} is not "
+                                f"supported (maebench scores {', '.join(EVENT_SCORES)})")
+        return evaluation[0]
     if not evaluation or evaluation[0] not in METRICS:
         raise MaebenchError(f"HEAR task {meta['task_name']}: its primary score {evaluation[:1]} is not yet "
                             f"supported (maebench scores {', '.join(METRICS)})")
@@ -132,7 +139,23 @@ def _vocabulary(folder: Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool) -> list[Example]:
+def _event(value: Any, filename: str, path: Path, index: dict[str, int]) -> dict:
+    """One event of a HEAR event task as {label index, start ms, end ms}."""
+    try:
+        label, start, end = str(value["label"]), float(value["start"]), float(value["end"])
+    except (TypeError, KeyError, ValueError):
+        raise MaebenchError(f"{path}: {filename} has an event {value!r}; expected {{\"label\", \"start\", \"end\"}} "
+                            "(ms)") from None
+    if label not in index:
+        raise MaebenchError(f"{path}: {filename} has label {label!r}, which is not in {VOCABULARY}")
+    if not 0 <= start <= end:
+        raise MaebenchError(f"{path}: {filename} has an event from {start} to {end} ms; needs 0 <= start <= end")
+    return {"label": index[label], "start": start, "end": end}
+
+
+def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool,
+           events: dict[str, list[dict]] | None = None) -> list[Example]:
+    """The examples of one split; for an event task (`events` given) each file's events are added to `events`."""
     path = require_file(folder / f"{split}.json", f"HEAR {split} label file")
     audio = require_dir(folder / AUDIO_RATE_DIR / split, f"HEAR 16 kHz audio folder of {split}")
     try:
@@ -147,6 +170,12 @@ def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool) ->
             raise MaebenchError(f"{path}: {filename!r} is not a plain file name inside {audio}; a split file names "
                                 "only the audio files of its own folder")
         names = names if isinstance(names, list) else [names]
+        if events is not None:
+            file_events = [_event(value, filename, path, index) for value in names]
+            events[f"{split}/{filename}"] = file_events
+            label_set = sorted({e["label"] for e in file_events})
+            examples.append(Example(audio / filename, tuple(label_set), key=f"{split}/{filename}"))
+            continue
         unknown = [str(n) for n in names if str(n) not in index]
         if unknown:
             raise MaebenchError(f"{path}: {filename} has label {unknown[0]!r}, which is not in {VOCABULARY}")
@@ -193,13 +222,13 @@ def _probe_defaults(num_train: int, is_toy: bool, multilabel: bool) -> dict[str,
 
 
 def load_hear_task(name: str, root: str | Path | None = None) -> Task:
-    """`hear:PATH` as a Task (scene tasks only). `root`, if given, must be the same folder."""
+    """`hear:PATH` as a Task (scene or event). `root`, if given, must be the same folder."""
     folder = _folder(name)
     if root is not None and Path(root).expanduser().resolve() != folder.resolve():
         raise MaebenchError(f"--task {name} already names its folder; drop --data {root}")
     meta = read_metadata(folder)
     metric = _metric(meta, folder / METADATA)
-    multilabel = meta["prediction_type"] == "multilabel"
+    multilabel = meta["prediction_type"] == "multilabel" or meta["embedding_type"] == "event"
     class_names = _vocabulary(folder)
     index = {label: i for i, label in enumerate(class_names)}
     split_names = meta.get("splits") or (["train", "valid", "test"] if meta["split_mode"] == "trainvaltest" else [])
@@ -207,9 +236,10 @@ def load_hear_task(name: str, root: str | Path | None = None) -> Task:
         raise MaebenchError(f"malformed {folder / METADATA}: trainvaltest needs the splits train, valid, test")
     if meta["split_mode"] not in ("trainvaltest", "new_split_kfold", "presplit_kfold"):
         raise MaebenchError(f"malformed {folder / METADATA}: unknown split_mode {meta['split_mode']!r}")
-    splits = {split: _split(folder, split, index, multilabel) for split in split_names}
+    events: dict[str, list[dict]] | None = {} if meta["embedding_type"] == "event" else None
+    splits = {split: _split(folder, split, index, multilabel, events) for split in split_names}
     folds = _folds(meta, splits, folder / METADATA)
     is_toy = is_toy_root(folder)
     defaults = _probe_defaults(len(folds[0].train), is_toy, multilabel)
     return Task(f"hear-{meta['task_name']}", folder, metric, class_names, multilabel, folds, None, None, defaults,
-                is_toy)
+                is_toy, events=events)

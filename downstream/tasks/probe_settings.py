@@ -34,6 +34,9 @@ from .voxceleb import TRAIN_CROP_SECONDS
 # accum 4, 200k steps, eval every 4k, training utterances cropped to max_timestep 128000 samples (8 s) at a random
 # offset (downstream/voxceleb1/dataset.py __getitem__; expert.py passes max_timestep to the train set only, dev and
 # test are whole utterances); emotion: batch 4 x accum 8, 30k steps, eval every 1k.
+# KS1's dev checkpoint is picked through s3prl's class-balanced dev loader (speech_commands/expert.py
+# `_get_balanced_dev_dataloader`: a WeightedRandomSampler of len(dev) draws with replacement), `balanced_dev`; ER's
+# dev split is s3prl's random_split seeded 0 (downstream/tasks/iemocap.py `dev_split`).
 # s3prl draws a new crop each time a clip is loaded; the linear probe trains on cached features, so it draws one
 # crop per clip and seed (`maebench.downstream.probes.linear.train_crops`).
 # as20k / esc50 are not SUPERB tasks: same optimiser and head, batch 32, a budget of about 100 epochs for ESC-50
@@ -43,7 +46,8 @@ _LINEAR: dict[str, LinearSettings] = {
     "ks2": LinearSettings(batch_size=32, max_steps=200_000, eval_every=4000,
                           source="SUPERB speech_commands config (s3prl)"),
     "ks1": LinearSettings(batch_size=32, max_steps=200_000, eval_every=4000, balanced_sampling=True,
-                          source="SUPERB speech_commands config + class-balanced sampler (s3prl)"),
+                          balanced_dev=True, source="SUPERB speech_commands config + class-balanced train sampler "
+                                                    "and dev loader (s3prl expert.py)"),
     "sid": LinearSettings(batch_size=8, grad_accum=4, max_steps=200_000, eval_every=4000,
                           train_crop_seconds=TRAIN_CROP_SECONDS,
                           source="SUPERB voxceleb1 config (s3prl): train on random 8 s crops (config.yaml "
@@ -70,12 +74,24 @@ _LINEAR_TOY = {"max_steps": 300, "eval_every": 50, "lr": 1e-3}
 #   run_*.sh `target_length`), global attention, positions fitted to that grid (src/models/ast_models.py lines
 #   192-204), the task's fbank statistics `(x - mean) / (2 * std)` after padding (src/dataloader.py lines 129-199),
 #   noise after normalisation (lines 204-206).
-# - MAE-AST and other upstreams: the same optimiser, budget and augmentation on the model's own input (its
-#   BatchNorm replaces the dataset statistics).
+# - MAE-AST: the same SSAST input (input_geometry "global"), as MAE-AST-Public's README says these tasks were
+#   "evaluated under the SSAST library with no settings changed" (it names "AudioSet, Librispeech, and KS2"; the
+#   paper's ESC-50 column is the other SSAST-library task). Under that library the model receives SSAST's
+#   normalised fixed-length fbank, and MAE-AST's own `forward` (mae_ast/models/mae_ast.py lines 379-385) applies
+#   `batch_norm(source) * 0.5` to any input that is not pre-patched, so the BatchNorm stays: in training it uses
+#   batch statistics (which cancel the dataset statistics up to its eps) and updates its running statistics,
+#   which evaluation uses. No padding mask (the loader gives one fixed-size spectrogram); the head averages every
+#   token of the last encoder layer (ft_avgtok). The authors' fine-tuning wrapper is not public: the wrapper
+#   itself (e.g. layerdrop off) is inferred. `--set input_geometry=model` is the native MAE-AST pipeline
+#   (its own Kaldi fbank, variable length, key-padding mask, BatchNorm only): the named option.
+# - Other upstreams: the same optimiser, budget and augmentation on the model's own input.
 # Every family trains AS-20K and ESC-50 on the whole training set (dev_holdout False), as the recipe does:
 # run_as.sh averages epochs 6-25 (`--wa True`) and picks nothing on dev; run_esc_*.sh trains on the four training
 # folds with no dev split (`--data-val` is the test fold, and get_esc_result.py picks the epoch with the best mean
-# test accuracy; here the last epoch is kept instead, so no choice is made on test data).
+# test accuracy; here the last epoch is kept instead, so no choice is made on test data; `--set
+# model_selection=test_epoch_mean` is the reference's choice, flagged in results.json and `maebench compare`).
+# AS-20K: run_as.sh trains on PSLA's label-enhanced balanced_train_data_type1_2_mean.json, which maebench cannot
+# download; `--set train_labels=FILE` uses it (results without it are marked as differing from the paper's).
 _AUDIOSET_STATS: dict[str, Any] = {"fbank_mean": -4.2677393, "fbank_std": 4.5689974}
 _AUDIOSET = dict(mixup=0.5, freqm=48, timem=192, loss="bce", weight_averaging=(6, 25), target_length=1024,
                  lr_schedule=StepDecay(start=10, step=5, decay=0.5), **_AUDIOSET_STATS)
@@ -105,7 +121,7 @@ _SSAST_RECIPES: dict[str, SsastFinetuneSettings] = {
 #   input of 100 / 600 / 1000 frames, AudioSet statistics, normalised before zero padding (upstream/ast/audio.py).
 _MAE_AST_SUPERB: dict[str, SuperbFinetuneSettings] = {
     "ks1": SuperbFinetuneSettings(lr=1e-5, batch_size=512, balanced_sampling=True, max_steps=10_000, eval_every=100,
-                                  layers="last", feature_layout="tokens",
+                                  balanced_dev=True, layers="last", feature_layout="tokens",
                                   source="MAE-AST-Public s3prl/config/speech_commands/config.yaml + s3prl/README.md "
                                          "(lr 1e-5, -s last_hidden_state)"),
     "sid": SuperbFinetuneSettings(lr=1e-4, batch_size=4, grad_accum=4, max_steps=60_000, eval_every=500,
@@ -121,7 +137,7 @@ _SSAST_GLOBAL_SUPERB = dict(input_geometry="global", normalise_padding=False, fe
                             **_AUDIOSET_STATS)
 _SSAST_SUPERB: dict[str, SuperbFinetuneSettings] = {
     "ks1": SuperbFinetuneSettings(lr=5e-5, batch_size=32, balanced_sampling=True, max_steps=20_000, eval_every=500,
-                                  target_length=100, **_SSAST_GLOBAL_SUPERB,
+                                  balanced_dev=True, target_length=100, **_SSAST_GLOBAL_SUPERB,
                                   source="SSAST src/finetune/superb/speechcommands_v1/config_ks.yaml + run_ks.sh "
                                          "(lr 5e-5, ssast_frame_base_1s)"),
     "sid": SuperbFinetuneSettings(lr=1e-4, batch_size=4, grad_accum=8, max_steps=40_000, eval_every=500,
@@ -143,7 +159,10 @@ def _finetune_by_family(task: str) -> dict[str, FinetuneSettings]:
     if task in _SSAST_RECIPES:
         default = _SSAST_RECIPES[task]
         own = dataclasses.replace(default, input_geometry="global")
-        return {"default": default, "ssast": own}
+        mae_ast = dataclasses.replace(default, input_geometry="global",
+                                      source=f"{default.source} under MAE-AST-Public README ('evaluated under the "
+                                             "SSAST library with no settings changed')")
+        return {"default": default, "ssast": own, "mae_ast": mae_ast}
     out: dict[str, FinetuneSettings] = {"default": _MAE_AST_SUPERB[task], "ssast": _SSAST_SUPERB[task]}
     if task in _SSAST_PATCH_SUPERB:
         out["ssast_patch"] = dataclasses.replace(_SSAST_SUPERB[task], **_SSAST_PATCH_SUPERB[task])

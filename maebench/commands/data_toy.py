@@ -17,8 +17,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, metavar="TASK",
-                        help="as20k, as2m, esc50, ks2, ks1, sid, er, hear (a HEAR 2021 scene task), or all "
-                             "(the six paper tasks)")
+                        help="as20k, as2m, esc50, ks2, ks1, sid, er, hear (HEAR 2021 tasks: a scene task in DIR/hear, "
+                             "an event task in DIR/hear_events), or all (the six paper tasks)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                         help="folder to write into; each task goes to DIR/<task>")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the toy content (default 0)")
@@ -41,13 +41,17 @@ def run(args: argparse.Namespace) -> int:
         if name not in (*ALL_TASKS, "hear"):
             raise MaebenchError(f"unknown task {name!r}; choose one of {', '.join(ALL_TASKS)}, hear or all")
         check_writable_toy_target(args.output / name, overwrite=args.overwrite)
+        if name == "hear":
+            check_writable_toy_target(args.output / "hear_events", overwrite=args.overwrite)
     total = time.perf_counter()
     for name in names:
         start = time.perf_counter()
-        if name == "hear":  # a HEAR 2021 scene task folder, for --task hear:DIR/hear
-            from maebench.downstream.hear_toy import write_hear_toy
+        if name == "hear":  # HEAR 2021 task folders: a scene task (DIR/hear) and an event task (DIR/hear_events)
+            from maebench.downstream.hear_toy import write_hear_event_toy, write_hear_toy
 
             root = write_hear_toy(args.output / name, seed=args.seed, overwrite=args.overwrite)
+            events = write_hear_event_toy(args.output / "hear_events", seed=args.seed, overwrite=args.overwrite)
+            print(f"{'hear_events':6s} {time.perf_counter() - start:6.1f} s  {events}")
         else:
             root = write_toy(name, args.output / name, seed=args.seed, speech_backend=args.speech,
                              overwrite=args.overwrite, size=args.size)
