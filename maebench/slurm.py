@@ -257,6 +257,10 @@ def status_lines(runner) -> list[str]:
         state = job_state(entry, runner.run_dir) if entry.get("status") == "submitted" else ""
         where = f"job {job['id']} {state}".rstrip() + f"  log {job['stdout']}" if job else ""
         lines.append(f"  {entry.get('status', 'todo'):<9} {stage.key:<44} {where}")
+    final = runner.manifest.data.get(SUMMARY_JOB)
+    if final:  # the job that ran (or will run) the stats / compare / report stages
+        lines.append(f"  {'job':<9} {SUMMARY_JOB:<44} job {final['id']} {job_state({'job': final}, runner.run_dir)}"
+                     f"  log {final['stdout']}")
     return lines
 
 
