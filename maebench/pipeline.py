@@ -98,6 +98,7 @@ class Recipe:
     feature_stats: bool = False  # per-layer token cosine and effective dimension of every upstream (the report's)
     report: bool = True
     set_latest: str | None = None  # a pretrain stage that becomes the run `maebench eval` uses without --upstream
+    launcher: dict[str, Any] = field(default_factory=dict)  # where stages run: maebench.launchers.LauncherSettings
 
 
 @dataclass
@@ -146,6 +147,9 @@ def load_pipeline(recipe: str | Path, *, pretrain_data: str | None = None, eval_
     if parsed.set_latest is not None and parsed.set_latest not in stages:
         raise MaebenchError(f"{origin}: set_latest names {parsed.set_latest!r} but there is no such pretrain stage "
                             f"({', '.join(stages) or 'none defined'})")
+    from maebench.launchers import launcher_settings
+
+    launcher_settings(parsed.launcher, origin=origin)  # checked now, used by `maebench run`
     if parsed.evals.jobs < 1:
         raise MaebenchError(f"{origin}: evals.jobs must be at least 1, got {parsed.evals.jobs}")
     bad_probes = [p for p in parsed.evals.probes if p not in ("linear", "logreg", "finetune", "hear")]
@@ -303,7 +307,7 @@ class Runner:
         if not (self.run_dir / "recipe.yaml").exists():
             write_text_atomic(self.run_dir / "recipe.yaml", self.recipe_text)
         self.manifest.save()
-        estimates = _time_estimates(self.stages, self.pretrain, self.recipe.evals.jobs)
+        estimates = _time_estimates(self.stages, self.pretrain, self.eval_jobs())
         bad, ran, skipped = 0, False, 0
         log.say(f"maebench run {self.recipe_path.stem}", f"{len(self.stages)} stages in {self.run_dir}")
         with progress_bar(self.quiet, unit="s", fields=("stage",)) as progress:
@@ -319,7 +323,7 @@ class Runner:
                     log.say("pipeline", f"{skipped} stage(s) done earlier are skipped (see {self.manifest.path})")
                 ran = True
                 if len(group) > 1:  # the evaluations, several at once
-                    progress.update(task, stage=f"{len(todo)} evaluations, {self.recipe.evals.jobs} at a time")
+                    progress.update(task, stage=f"{len(todo)} evaluations, {self.eval_jobs()} at a time")
                     bad += self._run_parallel_evals(todo, lambda key: progress.advance(task, estimates[key]))
                     continue
                 stage = todo[0]
@@ -343,7 +347,7 @@ class Runner:
 
     def _groups(self) -> list[list[Stage]]:
         """The stages in run order, one per group, except that with evals.jobs > 1 the evaluations form one group."""
-        if self.recipe.evals.jobs <= 1:
+        if self.eval_jobs() <= 1:
             return [[stage] for stage in self.stages]
         groups: list[list[Stage]] = []
         for stage in self.stages:
@@ -352,6 +356,12 @@ class Runner:
             else:
                 groups.append([stage])
         return groups
+
+    def eval_jobs(self) -> int:
+        """Evaluations at once: one per visible GPU, else the recipe's evals.jobs CPU workers."""
+        from maebench.launchers import eval_worker_devices, visible_gpus
+
+        return len(eval_worker_devices(self.recipe.evals.jobs, visible_gpus()))
 
     def _run_parallel_evals(self, stages: list[Stage], advance: Callable[[str], None]) -> int:
         """Evaluations in `evals.jobs` worker processes; the manifest is written here only, as each finishes.
@@ -374,12 +384,18 @@ class Runner:
             else:
                 items.setdefault((stage.params["upstream"], stage.params["task"]), []).append(stage)
         self._build_tasks({task for _, task in items})
-        jobs = self.recipe.evals.jobs
+        from maebench.launchers import eval_worker_devices, visible_gpus
+
+        devices = eval_worker_devices(self.recipe.evals.jobs, visible_gpus())
+        jobs = len(devices)
         started = time.perf_counter()
         log.started("evaluations", f"{sum(len(group) for group in items.values())}, {jobs} at a time")
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs OpenMP threads
+        free = context.Queue()  # each worker takes one device (CUDA_VISIBLE_DEVICES) from it
+        for device in devices:
+            free.put(device)
         with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
-                                         initargs=(max(1, cpu_threads() // jobs), os.getpid())) as pool:
+                                         initargs=(max(1, cpu_threads() // jobs), os.getpid(), free)) as pool:
             running = {pool.submit(_evaluate_group, self.run_dir, self.recipe.evals,
                                    [(s.key, s.params, self._upstream_spec(s.params["upstream"])) for s in group]
                                    ): group for group in items.values()}
@@ -420,6 +436,10 @@ class Runner:
             log.ended(stage.key, self.manifest.stages[stage.key])
             return 1
         log.started(stage.key, self._stage_detail(stage))
+        return self._record_outcome(stage.key, self.execute(stage))
+
+    def execute(self, stage: Stage) -> dict[str, Any]:
+        """Run one stage here: its manifest fields, status "done" or "failed" (with the error)."""
         started = time.perf_counter()
         extra = {"log": stage_log(stage.params["name"])} if stage.kind == "pretrain" else {}
         try:
@@ -427,14 +447,9 @@ class Runner:
         except Exception as err:  # any failure (a bug too) is recorded and the independent stages still run
             if not isinstance(err, MaebenchError):
                 traceback.print_exc()
-            self.manifest.record(stage.key, status="failed", error=_error_text(err),
-                                 seconds=round(time.perf_counter() - started, 1), **extra)
-            log.ended(stage.key, self.manifest.stages[stage.key])
-            return 1
-        self.manifest.record(stage.key, status="done", seconds=round(time.perf_counter() - started, 1), **outputs,
-                             **extra)
-        log.ended(stage.key, self.manifest.stages[stage.key])
-        return 0
+            return {"status": "failed", "error": _error_text(err), "seconds": round(time.perf_counter() - started, 1),
+                    **extra}
+        return {"status": "done", "seconds": round(time.perf_counter() - started, 1), **outputs, **extra}
 
     def _stage_detail(self, stage: Stage) -> str:
         """What the start line says about a stage: a pretraining's model, batch and budget; an evaluation's seeds."""
@@ -454,10 +469,36 @@ class Runner:
     # ---- the stage kinds (each returns the manifest fields of its entry)
 
     def _do_pretrain(self, stage: Stage) -> dict[str, Any]:
+        from maebench.launchers import local_ddp_environments
         from maebench.lifetime import child_environment
         from maebench.run_checkpoint import RunLock
 
         name = stage.params["name"]
+        job_path = self.write_pretrain_job(name)
+        job = json.loads(job_path.read_text())
+        cfg = pretrain_config(self.pretrain[name], self.run_dir / "pretrain" / name)
+        error = Path(job["error"])
+        RunLock(cfg.default_run_dir(), wait_s=30).release()  # a killed run's child may still be dying: wait for it
+        log_path = self.run_dir / stage_log(name)  # the child's whole output, every attempt appended
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} pretrain/{name}\n")
+            out.flush()
+            # one child per visible GPU (torchrun's variables, so maebench.distributed joins them), else one child
+            children = [subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)], stdout=out,
+                                         stderr=subprocess.STDOUT, env={**child_environment(), **ddp,
+                                                                        "PYTHONUNBUFFERED": "1"})
+                        for ddp in local_ddp_environments(cfg.train.device)]
+            codes = [_wait_for_child(child, lambda: self.show_status(log.training_status(
+                cfg.default_run_dir(), _calibrated_steps(Path(job["calibration"]))))) for child in children]
+        code = next((c for c in codes if c != 0), 0)
+        if code != 0:
+            reason = error.read_text().strip() if error.exists() else f"exited with status {code}"
+            raise MaebenchError(f"pretraining {name}: {reason} (its log: {log_path}; re-running the same command "
+                                "resumes from its last checkpoint)")
+        return self.pretrain_fields(name)
+
+    def write_pretrain_job(self, name: str) -> Path:
+        """RUN/pretrain/NAME.job.json: what the pretraining child (or each DDP rank of a cluster job) runs."""
         spec = self.pretrain[name]
         cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
         job = {"config": _config_dict(cfg), "budget_seconds": spec.budget_seconds, "threads": spec.threads,
@@ -469,22 +510,14 @@ class Runner:
         job_path = self.run_dir / "pretrain" / f"{name}.job.json"
         job_path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(job_path, json.dumps(job, indent=2) + "\n")
-        error = Path(job["error"])
-        error.unlink(missing_ok=True)
-        RunLock(cfg.default_run_dir(), wait_s=30).release()  # a killed run's child may still be dying: wait for it
-        log_path = self.run_dir / stage_log(name)  # the child's whole output, every attempt appended
-        with open(log_path, "a", encoding="utf-8") as out:
-            out.write(f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} pretrain/{name}\n")
-            out.flush()
-            env = {**child_environment(), "PYTHONUNBUFFERED": "1"}  # the child dies with this process
-            child = subprocess.Popen([sys.executable, "-m", "maebench.pipeline", str(job_path)], stdout=out,
-                                     stderr=subprocess.STDOUT, env=env)
-            code = _wait_for_child(child, lambda: self.show_status(log.training_status(
-                cfg.default_run_dir(), _calibrated_steps(Path(job["calibration"])))))
-        if code != 0:
-            reason = error.read_text().strip() if error.exists() else f"exited with status {code}"
-            raise MaebenchError(f"pretraining {name}: {reason} (its log: {log_path}; re-running the same command "
-                                "resumes from its last checkpoint)")
+        Path(job["error"]).unlink(missing_ok=True)
+        return job_path
+
+    def pretrain_fields(self, name: str) -> dict[str, Any]:
+        """The manifest fields of a finished pretraining stage, read from the files its run left."""
+        spec = self.pretrain[name]
+        cfg = pretrain_config(spec, self.run_dir / "pretrain" / name)
+        job = json.loads((self.run_dir / "pretrain" / f"{name}.job.json").read_text())
         result = json.loads(Path(job["result"]).read_text())
         calibration = json.loads(Path(job["calibration"]).read_text()) if Path(job["calibration"]).exists() else None
         speed = training_speed(cfg.default_run_dir(), cfg.train.batch_size)
@@ -557,7 +590,11 @@ def task_root(evals: EvalStage, task: str) -> Path | None:
     return Path(evals.data).expanduser() / task if evals.data and not task.startswith("hear:") else None
 
 
-def _worker_threads(threads: int, parent_pid: int) -> None:
+def _worker_threads(threads: int, parent_pid: int, devices=None) -> None:
+    """An evaluation worker's set-up: dies with the runner, its share of the CPU threads, its own GPU if any."""
+    device = devices.get() if devices is not None else None
+    if device is not None:  # before CUDA is first used in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
     import torch
 
     from maebench.lifetime import die_with_parent
@@ -723,17 +760,31 @@ def _child(job_path: Path) -> None:
 
     job = json.loads(job_path.read_text())
     cfg = from_dict(job["config"], origin=str(job_path))
+    main = int(os.environ.get("RANK", "0")) == 0  # under DDP (a cluster job, several GPUs) rank 0 writes files
     resume = False
     if job["budget_seconds"]:
         calibration = Path(job["calibration"])
         if not calibration.exists():
-            write_text_atomic(calibration, json.dumps(_calibrate(cfg, job), indent=2) + "\n")
+            measured = _calibrate(cfg, job)  # under DDP every rank trains the timed steps; rank 0 writes
+            if main:
+                write_text_atomic(calibration, json.dumps(measured, indent=2) + "\n")
+            _wait_for_file(calibration)
         cfg.train.max_steps = json.loads(calibration.read_text())["max_steps"]
         cfg.train.ckpt_every = max(1, min(cfg.train.ckpt_every, cfg.train.max_steps // 4))
         resume = True  # the first steps ran with max_steps = the timed steps: continue them
     result = train(cfg, quiet=job["quiet"], threads=job["threads"], resume=resume, set_latest=False)
     fields = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("losses", "skipped")}
-    write_text_atomic(job["result"], json.dumps(fields, indent=2, default=str) + "\n")
+    if main:
+        write_text_atomic(job["result"], json.dumps(fields, indent=2, default=str) + "\n")
+
+
+def _wait_for_file(path: Path, timeout_s: float = 600.0) -> None:
+    """Another rank's file (rank 0 writes it when the collective steps end): wait for it to appear."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise MaebenchError(f"{path} did not appear in {timeout_s:g} s (rank 0 writes it): see rank 0's log")
+        time.sleep(0.5)
 
 
 def _calibrate(cfg, job: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "paper_linear, paper_finetune)")
     add_common(parser)
     add_data(parser)
+    add_launcher(parser)
+
+
+def add_launcher(parser: argparse.ArgumentParser) -> None:
+    """Where the stages run (the recipe's `launcher:` section gives the defaults; these flags win)."""
+    group = parser.add_argument_group("launcher (see README: On a cluster)")
+    group.add_argument("--launcher", choices=("local", "slurm"), help="local: this machine, all its GPUs (default); "
+                       "slurm: one submitit job per stage")
+    group.add_argument("--status", action="store_true", help="show each stage's status, job id, state and log")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--account", help="SLURM account")
+    group.add_argument("--constraint", help="SLURM constraint (e.g. a GPU type)")
+    group.add_argument("--time", type=int, dest="time_minutes", metavar="MINUTES", help="a pretraining job's time "
+                       "limit (a job that reaches it is requeued and resumes)")
+    group.add_argument("--gpus", type=int, metavar="N", help="GPUs of a pretraining job (one task each)")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +72,43 @@ def run_recipe(recipe: str, args: argparse.Namespace) -> int:
     # the bar only when both streams are a terminal: it would carry the stage lines to stderr otherwise
     quiet = args.quiet or not sys.stderr.isatty() or not sys.stdout.isatty()
     runner = Runner(parsed, pretrain, run_dir, path, quiet=quiet)
+    launcher = _launcher(parsed, path, args)
+    if getattr(args, "status", False) or launcher.kind == "slurm":
+        return _run_on_cluster(runner, launcher, args)
     if args.dry_run:
         print(describe_plan(runner))
         return 0
     with sigterm_as_interrupt():  # `kill PID`: stop the pretraining child too, as on Ctrl-C
         bad = runner.run()
     _print_outcome(runner, bad)
+    return 1 if bad else 0
+
+
+def _launcher(parsed, path, args: argparse.Namespace):
+    from maebench.launchers import launcher_settings
+
+    flags = {name: getattr(args, name, None) for name in ("partition", "account", "constraint", "time_minutes",
+                                                          "gpus")}
+    return launcher_settings(parsed.launcher, origin=f"recipe {path}", kind=getattr(args, "launcher", None),
+                             **flags)
+
+
+def _run_on_cluster(runner, launcher, args: argparse.Namespace) -> int:
+    """--status (any launcher), or --launcher slurm: submit what is neither done nor live, then the status."""
+    from maebench import slurm
+
+    if args.dry_run:
+        print(slurm.describe_jobs(runner, launcher))
+        return 0
+    bad = 0
+    if not args.status:
+        spec = slurm.RunSpec(str(runner.recipe_path.resolve()), str(runner.run_dir.resolve()),
+                             getattr(args, "pretrain_data", None), getattr(args, "eval_data", None))
+        bad = slurm.submit_pipeline(runner, spec, launcher)
+    else:
+        slurm.absorb_outcomes(runner, {})
+    print(f"stages of {runner.recipe_path.stem} in {runner.run_dir}:")
+    print("\n".join(slurm.status_lines(runner)))
     return 1 if bad else 0
 
 
