@@ -19,6 +19,7 @@ any number of processes and for either loader.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,8 +40,21 @@ from maebench.upstream.frontend import SAMPLE_RATE
 
 __all__ = ["Fairseq2Loader", "DecodeClip", "build_fairseq2_loader", "fairseq2_available", "require_fairseq2"]
 
-INSTALL_HINT = ("--loader fairseq2 needs fairseq2: pip install -e '.[fairseq2]' (and the system libsndfile, "
-                "e.g. apt-get install libsndfile1), or use --loader torch")
+
+
+def install_hint(python: tuple[int, ...] = sys.version_info[:2]) -> str:
+    """How to get fairseq2 on this Python: fairseq2n 0.8.1, its native part, ships wheels for CPython 3.10-3.12 only
+    (so the `fairseq2` extra installs nothing on 3.13 and later)."""
+    if tuple(python[:2]) >= (3, 13):
+        version = ".".join(map(str, python[:2]))
+        return (f"--loader fairseq2 needs fairseq2, and fairseq2n 0.8.1 (its native part) has no wheel for Python "
+                f"{version}: in a Python 3.10-3.12 environment, pip install -e '.[fairseq2]' (and the system "
+                "libsndfile); or use --loader torch")
+    return ("--loader fairseq2 needs fairseq2: pip install -e '.[fairseq2]' (and the system libsndfile, "
+            "e.g. apt-get install libsndfile1), or use --loader torch")
+
+
+INSTALL_HINT = install_hint()
 PREFETCH_BATCHES = 2
 
 

@@ -7,10 +7,12 @@ Arguments are those of s3prl's `run_downstream.py`; `-u maebench_local` is impli
 mapping of load options (e.g. `window_secs: 6.0`). `--device cpu` is implied without CUDA. The pip package of s3prl
 does not ship the downstream `config.yaml` files, so pass `-c` (from the s3prl repository) unless `-e` resumes.
 
-Two repairs for s3prl's SUPERB downstreams: a missing module a downstream imports (catalyst for speech_commands,
-librosa for voxceleb1) is a one-line error with the install line, and voxceleb1's file-list cache, which s3prl keeps
-in its own package folder and reuses for any later dataset, is keyed by the dataset root and split file instead
-(`<maebench cache>/s3prl/voxceleb1/<key>/`), so a second copy of the data never gets the first one's paths.
+Three repairs for s3prl's SUPERB downstreams: catalyst, which speech_commands imports for one sampler class and
+which no current pip installs, is stood in for when absent (`maebench.catalyst_compat`); another missing module a
+downstream imports (librosa for voxceleb1) is a one-line error with the install line; and voxceleb1's file-list
+cache, which s3prl keeps in its own package folder and reuses for any later dataset, is keyed by the dataset root
+and split file instead (`<maebench cache>/s3prl/voxceleb1/<key>/`), so a second copy of the data never gets the
+first one's paths.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from maebench.errors import MaebenchError
 
 _HELP = ("-h", "--help")
 # modules s3prl's downstream experts import that s3prl itself does not install (the `s3prl` extra does)
-_DOWNSTREAM_NEEDS = {"speech_commands": ("catalyst",), "voxceleb1": ("librosa",), "sv_voxceleb1": ("librosa",),
-                     "voxceleb2_ge2e": ("librosa",)}
+_DOWNSTREAM_NEEDS = {"voxceleb1": ("librosa",), "sv_voxceleb1": ("librosa",), "voxceleb2_ge2e": ("librosa",)}
 
 
 def _value(argv: list[str], *flags: str) -> str | None:
@@ -108,11 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Register `maebench_local` on s3prl.hub, then hand the arguments to s3prl's legacy runner."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        from maebench.catalyst_compat import install_catalyst_shim
         from maebench.upstream.s3prl_expert import register
 
         register()
         argv = runner_arguments(argv)
         downstream = _value(argv, "-d", "--downstream")
+        install_catalyst_shim()
         check_downstream_modules(downstream)
         if downstream == "voxceleb1":
             key_voxceleb1_file_lists()

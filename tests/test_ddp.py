@@ -90,10 +90,10 @@ def test_ddp_fairseq2_loader_resumes_exactly(clips, tmp_path):
     weights and losses), across the epoch boundary at step 4 (32 clips / 8 per step)."""
     from safetensors.torch import load_file
 
-    from maebench.fairseq2_data import fairseq2_available
+    from maebench.fairseq2_data import INSTALL_HINT, fairseq2_available
 
     if not fairseq2_available():
-        pytest.skip("needs the fairseq2 extra (CI installs it): pip install -e '.[fairseq2]' and libsndfile")
+        pytest.skip(INSTALL_HINT)  # names the missing fairseq2n wheel on Python >= 3.13
 
     extra = ("--loader", "fairseq2", "--set", "data.num_workers=2", "--set", "train.ckpt_every=3", "--max-steps", "6")
     whole = torchrun(tmp_path / "whole", clips, *extra)

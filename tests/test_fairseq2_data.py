@@ -25,12 +25,12 @@ from safetensors.torch import load_file
 from maebench import trainer
 from maebench.config import PretrainConfig, apply_overrides
 from maebench.errors import MaebenchError
-from maebench.fairseq2_data import build_fairseq2_loader, fairseq2_available
+from maebench.fairseq2_data import INSTALL_HINT, build_fairseq2_loader, fairseq2_available, install_hint
 from maebench.manifest import AudioItem, format_manifest, read_manifest
 from maebench.pretrain_data import build_pretrain_loader
 
-needs_fairseq2 = pytest.mark.skipif(not fairseq2_available(), reason="needs the fairseq2 extra (CI installs it): "
-                                "pip install -e '.[fairseq2]' and the system libsndfile")
+# on Python >= 3.13 the reason names the missing fairseq2n wheel
+needs_fairseq2 = pytest.mark.skipif(not fairseq2_available(), reason=INSTALL_HINT)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,6 +170,16 @@ def test_missing_fairseq2_is_a_one_line_error_before_anything_is_written(clips, 
         trainer.train(tiny_config(clips, tmp_path / "run"), quiet=True)
     one_line_error(excinfo, "--loader fairseq2", "pip install -e '.[fairseq2]'")
     assert not (tmp_path / "run").exists()
+
+
+def test_install_hint_names_the_missing_wheel_on_python_313_and_later():
+    for python in ((3, 13), (3, 14, 1)):
+        hint = install_hint(python)
+        assert f"no wheel for Python {python[0]}.{python[1]}" in hint and "fairseq2n 0.8.1" in hint
+        assert "Python 3.10-3.12" in hint and "--loader torch" in hint and "\n" not in hint
+    for python in ((3, 10), (3, 12, 4)):
+        hint = install_hint(python)
+        assert "pip install -e '.[fairseq2]'" in hint and "no wheel" not in hint
 
 
 # ---------------------------------------------------------------------------------------------------- TensorBoard
