@@ -36,7 +36,7 @@ RECIPES_DIR = Path(importlib.resources.files("maebench.recipes"))  # type: ignor
 # is: recipes/demo_tiny.yaml): a 4-layer encoder and a 1-layer decoder, none of the paper's regularisers. The paper
 # recipes set `overrides: {}` (the released architecture and regularisers).
 SHORT_RUN_OVERRIDES: dict[str, Any] = {"depth": 4, "decoder_depth": 1, "dropout": 0.0, "attn_dropout": 0.0,
-                                       "dropout_input": 0.0, "layerdrop": 0.0}
+                                       "dropout_input": 0.0, "layerdrop": 0.0, "shared_mask": False}
 
 
 @dataclass

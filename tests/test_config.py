@@ -75,7 +75,7 @@ def test_overrides_are_typed():
     assert cfg.train.compile is True and cfg.data.source is None
     assert cfg.data.clip_seconds == 2.0 and isinstance(cfg.data.clip_seconds, float)
     assert cfg.model.overrides == {"depth": 6, "decoder_depth": 1, "dropout": 0.0, "attn_dropout": 0.0,
-                                   "dropout_input": 0.0, "layerdrop": 0.0, "mask_type": "random"}
+                                   "dropout_input": 0.0, "layerdrop": 0.0, "shared_mask": False, "mask_type": "random"}
     assert PretrainConfig().model.overrides["depth"] == 4  # the default was copied, not mutated
     whole = apply_overrides(cfg, ["model.overrides={depth: 2, pretrain_mode: one_pass}"])
     assert whole.model.overrides == {"depth": 2, "pretrain_mode": "one_pass"}
