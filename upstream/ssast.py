@@ -496,13 +496,18 @@ class Ssast(Upstream):
         self.global_pos_embed = nn.Parameter(table.clone())
 
     def _global_input(self, wavs: Tensor, lens: Tensor, spec: GlobalInput) -> tuple[Tensor, Tensor]:
-        """(normalised (B, target_frames, 128) input, valid frames (B,)) in the reference's order: SSAST's loader
-        input (maebench.upstream.ssast_input, shared with MAE-AST fine-tuned under the SSAST library), with this
-        model's SpecAugment and, in training, its noise after normalising (dataloader.py)."""
-        from .ssast_input import ssast_loader_input  # a function-level import: that module imports this one
-
-        noise = self.input_augment if self.training and self.input_augment is not None else None
-        return ssast_loader_input(wavs, lens, spec, augment=self._augment, noise=noise)
+        """(normalised (B, target_frames, 128) input, valid frames (B,)) in the reference's order (class doc)."""
+        fbank, frame_lens = fbank_batch(wavs, lens, SSAST_FBANK if spec.normalise_padding else FEATURE_FBANK)
+        target = spec.target_frames
+        if fbank.shape[1] < target:  # fbank_batch already zeroes each item's frames past its end
+            fbank = F.pad(fbank, (0, 0, 0, target - fbank.shape[1]))
+        fbank = self._augment(fbank[:, :target])
+        x = (fbank - spec.norm_mean) / (2.0 * spec.norm_std)
+        if not spec.normalise_padding:  # superb upstream: normalise the clip, then pad with exact zeros
+            x = x * (torch.arange(target, device=x.device)[None, :] < frame_lens[:, None])[..., None].to(x.dtype)
+        if self.training and self.input_augment is not None:  # dataloader.py: noise after normalising
+            x = self.input_augment(x)
+        return x, frame_lens.clamp(max=target)
 
     def _global_forward(self, wavs: Tensor, lens: Tensor) -> Features:
         """SSAST fine-tuning forward (ASTModel.finetuningavgtok up to the pooling): hidden_states = block outputs
