@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from maebench.atomic import sweep_stale
 from maebench.errors import MaebenchError
 from maebench.upstream import checkpoint as layout
 from maebench.upstream.checkpoint import (
@@ -286,6 +287,7 @@ def _differences(run_dir: Path, config: Any, shown: int = 4) -> str:
 # ---------------------------------------------------------------------------------------------------- ownership, lock
 
 _RUN_SECTIONS = {"model", "data", "optim", "train", "run_dir"}
+_RUN_FILES = (RUN_CONFIG_FILE, METRICS_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION, PROBES_FILE, PROBES_FIGURE)
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -297,6 +299,8 @@ def check_run_dir(run_dir: Path) -> None:
         raise MaebenchError(f"run directory {run_dir} is a file: choose another --run-dir")
     if not run_dir.is_dir() or layout.latest_checkpoint(run_dir, resumable=True) is not None:
         return
+    for name in _RUN_FILES:  # a killed writer's half-written file (atomic.temp_sibling) is ours and garbage
+        sweep_stale(run_dir / name)
     foreign = [path.name for path in sorted(run_dir.iterdir()) if not _written_by_pretrain(path)]
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -310,6 +314,8 @@ def _written_by_pretrain(path: Path) -> bool:
     """Whether `path` (an entry of a run directory without checkpoints) looks like what maebench pretrain writes."""
     try:
         if path.name in (RUN_LOCK_FILE, SKIP_FILES, layout.RUN_RECONSTRUCTION, PROBES_FILE, PROBES_FIGURE):
+            return path.is_file()
+        if any(path.name.startswith(f".{name}.tmp-") for name in _RUN_FILES):  # a live writer's work in progress
             return path.is_file()
         if path.name in (PROBE_SUBSETS_DIR, PROBE_SNAPSHOTS_DIR):  # the probe curve's (maebench.probe_curve)
             return path.is_dir()

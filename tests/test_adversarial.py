@@ -21,7 +21,7 @@ from helpers import TINY_MODEL, one_line_error, save_in_run, write_tone_clips, w
 
 from maebench import run_checkpoint as ckpt
 from maebench import trainer
-from maebench.atomic import write_text_atomic
+from maebench.atomic import temp_sibling, write_text_atomic
 from maebench.cli import main
 from maebench.config import PretrainConfig, apply_overrides, to_yaml
 from maebench.downstream import sounds
@@ -113,8 +113,13 @@ def test_a_run_killed_before_its_first_checkpoint_is_still_ours(clips, tmp_path)
     (run / "checkpoints" / ".staging-12345").mkdir(parents=True)
     write_text_atomic(run / "config.yaml", to_yaml(cfg))
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo')  # cut by the kill
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ours = temp_sibling(run / "config.yaml").name  # the name write_text_atomic gives it, with a dead writer's pid
+    half_written = run / ours.replace(f"-{os.getpid()}-", f"-{dead.stdout.strip()}-", 1)
+    half_written.write_text("model: {name: mae_a")  # the kill hit write_text_atomic before its rename
     result = trainer.train(cfg, quiet=True)
     assert (result.start_step, result.steps) == (0, 2)
+    assert not half_written.exists()  # swept as garbage, not refused as the user's file
 
 
 def test_second_pretrain_on_a_live_run_dir_is_refused_naming_the_holder(clips, tmp_path, capsys):

@@ -84,7 +84,7 @@ def test_item1_a_killed_run_takes_its_pretraining_child_with_it_and_a_rerun_succ
     final = run_dir / "pretrain" / "m" / "checkpoints" / "step_00000060"
     assert not final.exists()  # it stopped with its parent, not after training to the end as an orphan
     rerun = subprocess.run(run_command(recipe, run_dir), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert stages["pretrain/m"]["status"] == "done" and final.exists()
 
