@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from maebench.zenodo import listing_url
+
 TORCHAUDIO = "torchaudio datasets (speechcommands.py / librispeech.py _CHECKSUMS, sha256)"
 TFDS = "TensorFlow Datasets url_checksums (url size sha256)"
 NO_CHECKSUM = "none published: layout and file count verified instead"
@@ -29,6 +31,7 @@ class Archive:
     md5: str | None = None
     checksum_from: str = NO_CHECKSUM
     expect: tuple[str, int] | None = None  # (glob under dest, exact number of files) checked after unpacking
+    listing: str | None = None  # a Zenodo file listing publishing this file's md5 and size (read before fetching)
 
     @property
     def filename(self) -> str:
@@ -143,18 +146,46 @@ SOURCES: dict[str, Source] = {
 }
 
 HEAR_PREFIX = "hear:"
-HEAR_REQUEST = ("HEAR 2021 task tarballs are on Zenodo (community hear2021, https://zenodo.org/communities/hear2021;"
-                " e.g. hear-2021.0.6-<task>-48000.tar.gz): download one, then: maebench data get hear:NAME --from "
-                "THAT_TARBALL (maebench keeps no table of their checksums yet: compare the md5 Zenodo shows)")
+ZENODO = "https://zenodo.org"
+HEAR_RECORD = "6332517"  # HEAR 2021 tasks at 48 kHz, a pinned version (concept DOI 10.5281/zenodo.5802571 moves on)
+HEAR_SUMS = f"Zenodo record {HEAR_RECORD}'s file listing (md5 and size, read before downloading)"
+# task -> its tarball in the record; each unpacks to tasks/<name without hear2021- and -48000.tar.gz>/
+HEAR_ARCHIVES = {
+    "beehive_states_fold0": "hear2021-beehive_states_fold0-v2-full-48000.tar.gz",
+    "beehive_states_fold1": "hear2021-beehive_states_fold1-v2-full-48000.tar.gz",
+    "beijing_opera": "hear2021-beijing_opera-v1.0-hear2021-full-48000.tar.gz",
+    "crema_d": "hear2021-tfds_crema_d-1.0.0-full-48000.tar.gz",
+    "dcase2016_task2": "hear2021-dcase2016_task2-hear2021-full-48000.tar.gz",
+    "esc50": "hear2021-esc50-v2.0.0-full-48000.tar.gz",
+    "fsd50k": "hear2021-fsd50k-v1.0-full-48000.tar.gz",
+    "gtzan_genre": "hear2021-tfds_gtzan-1.0.0-full-48000.tar.gz",
+    "libricount": "hear2021-libricount-v1.0.0-hear2021-full-48000.tar.gz",
+    "mridangam_stroke": "hear2021-mridangam_stroke-v1.5-full-48000.tar.gz",
+    "mridangam_tonic": "hear2021-mridangam_tonic-v1.5-full-48000.tar.gz",
+    "nsynth_pitch_50h": "hear2021-nsynth_pitch-v2.2.3-50h-48000.tar.gz",
+    "speech_commands": "hear2021-speech_commands-v0.0.2-full-48000.tar.gz",
+    "vocal_imitation": "hear2021-vocal_imitation-v1.1.3-full-48000.tar.gz",
+}
+HEAR_LAYOUT = "ROOT/<task>-<version>-full/{task_metadata.json, labelvocabulary.csv, <split>.json, 48000/<split>/}"
+HEAR_REQUEST = (f"HEAR 2021 tasks maebench downloads: {', '.join(sorted(HEAR_ARCHIVES))} (hear:NAME). For another "
+                f"task, download its tarball from {ZENODO}/records/{HEAR_RECORD} (other sample rates: "
+                "gs://hear2021-archive/tasks/, requester pays), then: maebench data get hear:NAME --from THAT_TARBALL")
 
 
 def hear_source(name: str) -> Source:
-    """`hear:NAME`: a HEAR 2021 task tarball the user fetched; its task folder (the one holding
-    task_metadata.json) is found after unpacking and checked with `data check --task hear:FOLDER`."""
+    """`hear:NAME`: a HEAR 2021 task tarball from Zenodo (NAME in HEAR_ARCHIVES) or one the user fetched; its task
+    folder (the one holding task_metadata.json) lands in ROOT and must pass `data check --task hear:FOLDER`."""
     task = name[len(HEAR_PREFIX):] or "NAME"
-    return Source(name=name, title=f"HEAR 2021 task {task}", licence="per task (see the Zenodo record)",
-                  layout="ROOT/<task folder>/{task_metadata.json, labelvocabulary.csv, <split>.json, 16000/<split>/}",
-                  request=HEAR_REQUEST, check_task="hear:", data="", next_step=EVAL_LINE)
+    licence = f"per dataset: LICENSE.txt of Zenodo record {HEAR_RECORD}"
+    key = HEAR_ARCHIVES.get(task)
+    if key is None:
+        return Source(name=name, title=f"HEAR 2021 task {task}", licence=licence, layout=HEAR_LAYOUT,
+                      request=HEAR_REQUEST, check_task="hear:", data="", next_step=EVAL_LINE)
+    folder = key.removeprefix("hear2021-").removesuffix("-48000.tar.gz")
+    archive = Archive(f"{ZENODO}/records/{HEAR_RECORD}/files/{key}", folder, checksum_from=HEAR_SUMS,
+                      listing=listing_url(ZENODO, HEAR_RECORD))
+    return Source(name=name, title=f"HEAR 2021 task {task}", licence=licence, layout=HEAR_LAYOUT,
+                  archives=(archive,), check_task="hear:", data=folder, next_step=EVAL_LINE)
 
 
 def find_source(name: str) -> Source:

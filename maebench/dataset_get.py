@@ -9,6 +9,7 @@ unless kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ from maebench.data_sources import Archive, Source
 from maebench.download import apply_mirror, download, sum_mismatch
 from maebench.errors import MaebenchError
 from maebench.unpack import remove_tree, unpack
+from maebench.zenodo import published_sums
 
 DOWNLOADS = ".maebench-downloads"
 RECORDS = ".maebench-get"
@@ -81,17 +83,17 @@ def _expected_count(archive: Archive, folder: Path) -> None:
 
 def _inner_folder(unpacked: Path, archive: Archive | None, source: Source) -> Path:
     """The unpacked folder that becomes the destination."""
-    if archive is not None:
-        inner = unpacked / archive.inner if archive.inner else unpacked
-        if not inner.is_dir():
-            raise MaebenchError(f"{archive.filename} has no folder {archive.inner}/; it is not {source.title}")
-        return inner
-    if source.check_task == "hear:":
+    if source.check_task == "hear:":  # a HEAR tarball: tasks/<task folder>/task_metadata.json
         found = sorted(p.parent for p in unpacked.rglob("task_metadata.json"))
         if len(found) != 1:
             raise MaebenchError(f"the archive holds {len(found)} HEAR task folders (task_metadata.json); pass "
                                 "one task's tarball")
         return found[0]
+    if archive is not None:
+        inner = unpacked / archive.inner if archive.inner else unpacked
+        if not inner.is_dir():
+            raise MaebenchError(f"{archive.filename} has no folder {archive.inner}/; it is not {source.title}")
+        return inner
     entries = list(unpacked.iterdir())
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
 
@@ -174,7 +176,7 @@ def get_dataset(source: Source, root: Path, *, mirror: str | None = None, from_f
                                 "delete it and rerun")
         files = []
         for step in steps:
-            a = step.archive
+            a = _with_listed_sums(step.archive, mirror)
             files.append((a, download(step.url, step.file, size=a.size, sha256=a.sha256, md5=a.md5, quiet=quiet)))
     for archive, _ in files:
         if archive and (root / archive.dest).exists():
@@ -183,6 +185,14 @@ def get_dataset(source: Source, root: Path, *, mirror: str | None = None, from_f
     _stage(source, root, files, keep_archives)
     data = root / source.data
     return data, _task_of(source, data)
+
+
+def _with_listed_sums(archive: Archive, mirror: str | None) -> Archive:
+    """`archive` with the md5 and size its Zenodo listing publishes (read now), or as it is without a listing."""
+    if archive.listing is None:
+        return archive
+    size, md5 = published_sums(apply_mirror(archive.listing, mirror), archive.filename)
+    return dataclasses.replace(archive, size=size, md5=md5)
 
 
 def _task_of(source: Source, data: Path) -> str:

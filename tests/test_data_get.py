@@ -9,6 +9,7 @@ import errno
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import threading
 import zipfile
@@ -17,7 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import soundfile as sf
 from helpers import one_line_error
 
 from maebench import data_sources
@@ -401,6 +404,9 @@ def test_every_row_names_where_its_checksum_comes_from():
                 assert len(archive.sha256 or "") == 64 or len(archive.md5 or "") == 32
             else:
                 assert archive.expect is not None or source.check_task, archive.url
+    for task, key in data_sources.HEAR_ARCHIVES.items():  # sums read from the Zenodo record at download time
+        (archive,) = data_sources.find_source(f"hear:{task}").archives
+        assert archive.filename == key and archive.listing and data_sources.HEAR_RECORD in archive.checksum_from
 
 
 def test_hear_tarball_from_file_lands_as_its_task_folder(tmp_path, capsys):
@@ -426,3 +432,71 @@ def test_from_file_is_held_to_the_published_sums_and_left_in_place(tmp_path, cap
     err = capsys.readouterr().err
     assert "expected 2428923189" in err and "--from" in err and len(err.strip().splitlines()) == 1
     assert fake.is_file() and not (tmp_path / "data" / "speech_commands_v0.02").exists()
+
+
+def _hear_task_at_48k(build: Path, folder: str) -> Path:
+    """A HEAR task as the Zenodo release has it: tasks/<folder>/ with its audio only in 48000/ (48 kHz files)."""
+    from maebench.downstream.hear_toy import build_hear_toy
+
+    task = build_hear_toy(build / "tasks" / folder)
+    (task / TOY_MARKER).unlink()
+    for wav in sorted((task / "16000").rglob("*.wav")):
+        samples, rate = sf.read(wav, dtype="float32")
+        assert rate == 16000
+        upsampled = np.interp(np.arange(len(samples) * 3) / 3, np.arange(len(samples)), samples)
+        target = task / "48000" / wav.relative_to(task / "16000")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(target, upsampled.astype(np.float32), 48000)
+    shutil.rmtree(task / "16000")
+    return task
+
+
+def _zenodo_listing(key: str, body: bytes, md5: str | None = None) -> bytes:
+    """Zenodo's `/api/records/ID/files` answer for one file (its documented shape: entries with key, size, checksum)."""
+    checksum = md5 or hashlib.md5(body).hexdigest()
+    entry = {"key": key, "size": len(body), "checksum": f"md5:{checksum}", "mimetype": "application/gzip",
+             "links": {"content": f"/api/records/{data_sources.HEAR_RECORD}/files/{key}/content"}}
+    return json.dumps({"enabled": True, "entries": [entry]}).encode()
+
+
+def test_hear_task_from_zenodo_verified_by_the_records_md5_checks_and_evaluates(server, tmp_path, capsys):
+    """`data get hear:beijing_opera`: the md5 and size come from the record's listing; the 48 kHz-only task folder
+    lands in ROOT, passes `data check` and evaluates (audio resampled to 16 kHz on reading)."""
+    key = data_sources.HEAR_ARCHIVES["beijing_opera"]
+    folder = key.removeprefix("hear2021-").removesuffix("-48000.tar.gz")
+    _hear_task_at_48k(tmp_path / "build", folder)
+    body = _ks_tar(tmp_path / "build" / "tasks", "tasks")
+    record = data_sources.HEAR_RECORD
+    server.files[f"/records/{record}/files/{key}"] = body
+    server.files[f"/api/records/{record}/files"] = _zenodo_listing(key, body, md5="0" * 32)
+    root = tmp_path / "data"
+    assert main(["data", "get", "hear:beijing_opera", "-o", str(root), "--mirror", server.url, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"expected {'0' * 32}" in err and hashlib.md5(body).hexdigest() in err and len(err.splitlines()) == 1
+    assert not (root / folder).exists() and (root / ".maebench-downloads" / f"{key}.mismatch").is_file()
+
+    server.files[f"/api/records/{record}/files"] = _zenodo_listing(key, body)
+    (root / ".maebench-downloads" / f"{key}.mismatch").unlink()
+    assert main(["data", "get", "hear:beijing_opera", "-o", str(root), "--mirror", server.url, "--quiet"]) == 0
+    data = root / folder
+    assert f"--task hear:{data}" in capsys.readouterr().out
+    assert (data / "task_metadata.json").is_file() and not (data / "16000").exists()
+    assert main(["data", "check", "--task", f"hear:{data}"]) == 0
+    out_dir = tmp_path / "runs"
+    assert main(["eval", "--task", f"hear:{data}", "--upstream", "mae_ast_patch:tiny", "--probe", "logreg",
+                 "--set", "Cs=[1.0]", "--set", "max_iter=50", "--out", str(out_dir), "--quiet"]) == 0
+    (result,) = [json.loads(p.read_text()) for p in out_dir.glob("*/results.json")]
+    assert 0 <= result["score"] <= 100
+
+
+def test_a_hear_listing_without_the_file_or_unreachable_is_one_line(server, tmp_path, capsys):
+    root = tmp_path / "data"
+    server.files[f"/api/records/{data_sources.HEAR_RECORD}/files"] = _zenodo_listing("another.tar.gz", b"x")
+    assert main(["data", "get", "hear:esc50", "-o", str(root), "--mirror", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "has no file hear2021-esc50-v2.0.0-full-48000.tar.gz" in err and "--from" in err
+    assert len(err.splitlines()) == 1
+    assert main(["data", "get", "hear:esc50", "-o", str(root), "--mirror", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read Zenodo's file listing" in err and len(err.splitlines()) == 1
+    assert not (root / "esc50-v2.0.0-full").exists()

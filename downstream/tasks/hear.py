@@ -5,7 +5,8 @@ A task folder, as hear-preprocess writes it:
                            split_mode (trainvaltest | new_split_kfold | presplit_kfold), splits, evaluation
     labelvocabulary.csv    idx,label
     <split>.json           {"<file name>": ["label", ...]} for each split of `splits`
-    16000/<split>/<file>   the audio at 16 kHz (other rates may sit beside it; only 16000/ is read)
+    <rate>/<split>/<file>  the audio at one or more sample rates: 16000/ is read when present, otherwise the
+                           lowest rate there (Zenodo's release has only 48000/), resampled to 16 kHz on reading
 
 Folds follow hear-eval-kit: `trainvaltest` is one fold (train / valid / test); with k-fold split modes the sorted
 folds take turns as test, the next one (cyclically) is the dev set and the rest train, the score being the mean
@@ -153,11 +154,22 @@ def _event(value: Any, filename: str, path: Path, index: dict[str, int]) -> dict
     return {"label": index[label], "start": start, "end": end}
 
 
+def audio_rate_dir(folder: Path) -> str:
+    """The sample-rate folder to read: 16000/ (maebench's rate) if the task has it, else the lowest rate present
+    (hear-preprocess writes 16000, 22050, 32000, 44100 and 48000; the Zenodo release ships only 48000)."""
+    rates = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    if not rates:
+        raise MaebenchError(f"HEAR task {folder} has no audio folder (16000/ or another sample rate, e.g. 48000/); "
+                            "pass a complete task folder")
+    return AUDIO_RATE_DIR if int(AUDIO_RATE_DIR) in rates else str(rates[0])
+
+
 def _split(folder: Path, split: str, index: dict[str, int], multilabel: bool,
            events: dict[str, list[dict]] | None = None) -> list[Example]:
     """The examples of one split; for an event task (`events` given) each file's events are added to `events`."""
     path = require_file(folder / f"{split}.json", f"HEAR {split} label file")
-    audio = require_dir(folder / AUDIO_RATE_DIR / split, f"HEAR 16 kHz audio folder of {split}")
+    rate = audio_rate_dir(folder)
+    audio = require_dir(folder / rate / split, f"HEAR {rate} Hz audio folder of {split}")
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
