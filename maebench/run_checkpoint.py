@@ -214,10 +214,18 @@ def _discard(path: Path) -> None:
 
 
 def remove_stale_staging(run_dir: Path) -> None:
-    """Staging directories left by a killed run (never complete checkpoints) are garbage."""
-    root = Path(run_dir) / RUN_CHECKPOINTS
+    """Staging directories left by a killed run (never complete checkpoints) are garbage (call it holding the run's
+    lock). So is a half-written init/ (`.init.tmp-*`); a complete one moved aside (`.init.old-*`, a kill between
+    the two renames of a replacement) goes back to init/ if that is missing."""
+    run_dir = Path(run_dir)
+    root = run_dir / RUN_CHECKPOINTS
     if root.is_dir():
         for path in root.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in sorted(run_dir.glob(f".{layout.RUN_INIT}.*-*")):
+        if path.name.startswith(f".{layout.RUN_INIT}.old-") and not (run_dir / layout.RUN_INIT).exists():
+            os.replace(path, run_dir / layout.RUN_INIT)
+        elif path.is_dir() and _written_by_pretrain(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -322,7 +330,9 @@ def _written_by_pretrain(path: Path) -> bool:
         if path.name == RUN_CHECKPOINTS:
             return path.is_dir() and all(layout.step_of(p) is not None or p.name.startswith(STAGING_PREFIX)
                                          for p in path.iterdir())
-        if path.name == layout.RUN_INIT:  # the random init: a native checkpoint and nothing else
+        if path.name == layout.RUN_INIT or path.name.startswith((f".{layout.RUN_INIT}.tmp-",
+                                                                  f".{layout.RUN_INIT}.old-")):
+            # the random init: a native checkpoint and nothing else (or one being written or replaced)
             return path.is_dir() and {p.name for p in path.iterdir()} <= {layout.CONFIG_FILE, layout.WEIGHTS_FILE}
         if path.name == TENSORBOARD_DIR:  # only TensorBoard event files, as SummaryWriter names them
             return path.is_dir() and all(p.is_file() and p.name.startswith("events.out.tfevents.")

@@ -117,9 +117,13 @@ def test_a_run_killed_before_its_first_checkpoint_is_still_ours(clips, tmp_path)
     ours = temp_sibling(run / "config.yaml").name  # the name write_text_atomic gives it, with a dead writer's pid
     half_written = run / ours.replace(f"-{os.getpid()}-", f"-{dead.stdout.strip()}-", 1)
     half_written.write_text("model: {name: mae_a")  # the kill hit write_text_atomic before its rename
+    half_init = run / ".init.tmp-0badf00d"  # ... or the random init's save before its rename
+    half_init.mkdir()
+    (half_init / "model.safetensors").write_bytes(b"\0" * 10)
     result = trainer.train(cfg, quiet=True)
     assert (result.start_step, result.steps) == (0, 2)
-    assert not half_written.exists()  # swept as garbage, not refused as the user's file
+    assert not half_written.exists() and not half_init.exists()  # swept as garbage, not refused as the user's
+    assert (run / "init" / "config.json").is_file()
 
 
 def test_second_pretrain_on_a_live_run_dir_is_refused_naming_the_holder(clips, tmp_path, capsys):
