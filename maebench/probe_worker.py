@@ -3,11 +3,13 @@
 The training loop never waits for a probe (maebench.probe_curve): at a probe step it writes a snapshot of the
 encoder (a small native checkpoint; the queue is that folder, so it survives a crash) and goes on. This process
 (`python -m maebench.probe_worker RUN`) probes the snapshots oldest first. How its cost stays under 10% of the
-run's wall time on a 2-core machine: it runs one thread (torch, BLAS) at nice 10. Where a core is idle (training
+run's wall time on a 2-core machine: it runs one thread (torch, BLAS) at nice 19. Where a core is idle (training
 with one thread, or between data-loading waits) it takes that core and costs training nothing; where it shares a
-core with a training thread, Linux's CFS scheduler splits that core by weight, 110 (nice 10) against 1024 (nice 0),
-so it gets at most 110 / 1134 = 9.7% of it and training keeps >= 90% of its speed (`maebench bench probe` measures
-it). The training loop itself only writes the snapshots (milliseconds for the small models) and, at the end of the
+core with a training thread, Linux's CFS scheduler splits that core by weight, 15 (nice 19) against 1024 (nice 0),
+so it gets at most 15 / 1039 = 1.4% of it (nice 10's 110 / 1134 = 9.7% left no margin under the 10% target;
+`maebench bench probe` measures it). On a machine whose every core is busy the points therefore lag: what the
+end-of-run wait cannot cover is finished by the resumed run or `maebench probe RUN`. The training loop itself only
+writes the snapshots (milliseconds for the small models) and, at the end of the
 run, waits for the last points at most `train.probe_max_share` (10%) of the run's wall time less what snapshots
 cost; what is left stays in RUN/probe_snapshots/ for the resumed run or `maebench probe RUN` to finish.
 
@@ -36,7 +38,7 @@ LOG_FILE = "worker.log"
 MAX_RESTARTS = 3
 POLL_S = 0.5
 USER_ERROR = 2
-NICE = 10  # CFS weight 110 against a nice-0 training thread's 1024: at most 9.7% of a core they share
+NICE = 19  # CFS weight 15 against a nice-0 training thread's 1024: at most 1.4% of a core they share
 
 
 # ---------------------------------------------------------------------------------------------------- the process
@@ -49,6 +51,7 @@ def work(run_dir: Path) -> int:
 
     torch.set_num_threads(1)
     parent = os.getppid()
+    print(f"probe worker started (pid {os.getpid()}, nice {os.nice(0)}, {torch.get_num_threads()} thread)", flush=True)
     root = run_dir / pc.SNAPSHOTS_DIR
     job = json.loads((root / WORKER_SPEC).read_text())
     spec = pc.CurveSpec.from_json(job["spec"])

@@ -251,6 +251,36 @@ def test_resume_continues_the_curve_without_duplicates(clips, toy_root, tmp_path
     assert not (run_dir / pc.SNAPSHOTS_DIR / "step_00000005").exists()
 
 
+def test_tensorboard_shows_each_probe_point_as_written_to_probes_jsonl(clips, toy_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    train(probe_config(clips, toy_root, run_dir, "train.tensorboard=true"), quiet=True)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "probe/ks2" in events.Tags()["scalars"]
+    shown = [(event.step, event.value) for event in events.Scalars("probe/ks2")]
+    written = sorted((p["step"], p["score"]) for p in pc.read_points(run_dir))
+    assert [step for step, _ in shown] == [0, 2, 4] == [step for step, _ in written]
+    assert [value for _, value in shown] == pytest.approx([score for _, score in written], rel=1e-6)  # float32
+
+
+def test_ddp_run_probes_on_rank_0_only(toy_root, tmp_path):
+    """Two gloo processes under torchrun (as tests/test_ddp.py): one probe worker (rank 0's), each point once."""
+    from test_ddp import torchrun
+
+    clips = write_tone_clips(tmp_path / "clips", count=32, seed=1)
+    run_dir = tmp_path / "ddp"
+    done = torchrun(run_dir, clips, "--max-steps", "4", "--probe-every", "2", "--probe-tasks", "ks2", "--probe-data",
+                    str(toy_root), "--set=train.probe_examples=12", "--set=train.probe_max_share=1000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    keys = [(p["step"], p["task"]) for p in pc.read_points(run_dir)]
+    assert sorted(keys) == [(0, "ks2"), (2, "ks2"), (4, "ks2")]  # each point once
+    log = (run_dir / pc.SNAPSHOTS_DIR / pw.LOG_FILE).read_text()
+    assert log.count("probe worker started") == 1, log  # rank 1 started none
+    assert done.stdout.count("probes: 3 point(s)") == 1  # and only rank 0 reports the curve's cost
+
+
 # ---------------------------------------------------------------------------------------------------- the worker
 
 
