@@ -194,6 +194,8 @@ def test_step0_point_equals_a_separate_eval_and_offline_probe_gives_the_same_cur
     assert "probes: 3 point(s)" in capsys.readouterr().out
     step0 = next(p for p in points if p["step"] == 0)
     assert step0["metric"] == "accuracy" and 0 <= step0["best_layer"] and step0["chance"] > 0
+    features = Path(os.environ["MAEBENCH_CACHE"]) / "features"  # a snapshot's features are not kept in the cache
+    assert not features.is_dir() or not any(features.iterdir())
 
     # the init rebuilt as the trainer builds it (seed, then build), evaluated by the CLI with the recorded subset,
     # in a fresh feature cache (so the features are computed again, not read back)
@@ -303,6 +305,29 @@ def test_dead_probe_worker_is_reported_and_restarted(toy_root, tmp_path, capsys)
         assert worker.failed
     finally:
         worker.stop()
+
+
+def test_probe_worker_whose_training_process_died_before_it_started_exits(tmp_path):
+    """Pins a fix: a training process killed while its worker was still importing torch left a worker that took
+    init for its parent, polled forever and kept the lock the resumed run's worker waits for."""
+    import subprocess
+    import sys
+
+    seed_everything(0)
+    pc.write_snapshot(build_model(apply_overrides(PretrainConfig(), [TINY_MODEL])), tmp_path, 0)
+    spec = pc.CurveSpec(("ks2",), None, examples=12)
+    (tmp_path / pc.SNAPSHOTS_DIR / pw.WORKER_SPEC).write_text(json.dumps({"spec": spec.to_json()}))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # the "training process": dead before the worker looks
+    worker = subprocess.Popen([sys.executable, "-m", "maebench.probe_worker", str(tmp_path), str(gone.pid)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = worker.communicate(timeout=120)[0]
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, output
+    assert "probe worker started" in output and not pc.read_points(tmp_path)  # nothing probed for nobody
+    assert pc.pending_snapshots(tmp_path)  # the snapshot waits for the resumed run
 
 
 def test_probe_worker_user_error_is_reported_once_and_training_goes_on(tmp_path, capsys):
