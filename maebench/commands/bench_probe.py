@@ -47,18 +47,27 @@ def _pretrain(run_dir, args, probes: bool, kill_after_step: int | None = None) -
     if probes:
         command += ["--probe-every", str(args.every), "--probe-tasks", args.tasks]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # output to a file, not a pipe: a data-loading child of a killed run can outlive it holding a pipe open
+    log = run_dir.parent / f"{run_dir.name}.{'resumed' if (run_dir / 'config.yaml').exists() else 'first'}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        if kill_after_step is not None:
+            metrics = run_dir / "metrics.jsonl"
+            while process.poll() is None:
+                lines = metrics.read_text().splitlines() if metrics.exists() else []
+                steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
+                if steps and steps[-1] >= kill_after_step:
+                    os.kill(process.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.2)
+        process.wait()
     if kill_after_step is not None:
-        metrics = run_dir / "metrics.jsonl"
-        while process.poll() is None:
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
-            steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
-            if steps and steps[-1] >= kill_after_step:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.2)
-    output = process.communicate()[0]
-    return {"wall_s": time.perf_counter() - started, "code": process.returncode, "output": output}
+        time.sleep(10)  # the probe worker notices its run is gone and exits on its own
+        try:  # what is left of the killed run's processes: a DataLoader worker stuck writing to its dead parent
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return {"wall_s": time.perf_counter() - started, "code": process.returncode, "output": log.read_text()}
 
 
 def _throughput(run_dir) -> tuple[float, float]:
