@@ -91,7 +91,7 @@ def evaluate(
     probe: str = "linear", seeds: int = 1, out_dir: str | Path | None = None,
     overrides: dict[str, Any] | None = None, quiet: bool = False, device: str | torch.device | None = None,
     show_table: bool = True, num_workers: int | None = None, baseline: str = "none",
-    subset: str | Path | None = None,
+    subset: str | Path | None = None, feature_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate one upstream on one task with one probe; writes and returns the results.json content
     (its path under the key "results_path", which is not written to the file).
@@ -100,6 +100,7 @@ def evaluate(
     `maebench.downstream.baseline`) also evaluates the pretraining run's random init the same way (its own
     results.json) and records the difference with its noise under "baseline". `subset`: a recorded subset file
     (maebench.downstream.subset; a probe curve's RUN/probe_subsets/*.json) to evaluate on instead of the task.
+    `feature_cache`: the folder holding the feature cache's entries (default: the user's cache folder).
     """
     from maebench.downstream.baseline import baseline_upstream, chance_level, compare_with_baseline
     from maebench.downstream.datasets import load_task
@@ -128,7 +129,7 @@ def evaluate(
     if num_workers is None:
         num_workers = 0 if task.is_toy else min(8, max(1, (os.cpu_count() or 2) - 1))
     cache_options = {"upstream_fingerprint": identity["fingerprint"], "data_fingerprint": task.data_fingerprint(),
-                     "num_workers": num_workers}
+                     "num_workers": num_workers, **({"root": Path(feature_cache)} if feature_cache is not None else {})}
 
     results: list[tuple[str, int, ProbeResult]] = []
     for fold in task.folds:

@@ -86,14 +86,19 @@ def subset_path(run_dir: Path, task: str, seed: int) -> Path:
 
 
 def ensure_subset(run_dir: Path, task: str, spec: CurveSpec) -> Path:
-    """The recorded subset of `task` for the spec's seed, drawn and written on first use, reused ever after."""
+    """The recorded subset of `task` for the spec's seed, drawn and written on first use, reused ever after (a
+    record of an older format too: the curve's points stay comparable); one drawn for another size is refused."""
     from maebench.downstream.datasets import load_task
-    from maebench.downstream.subset import select_subset, write_subset
+    from maebench.downstream.subset import read_subset, select_subset, write_subset
 
     path = subset_path(run_dir, task, spec.seed)
     if not path.is_file():
         record = select_subset(load_task(task, task_data_root(spec, task)), examples=spec.examples, seed=spec.seed)
         write_subset(path, record)
+    elif (drawn := read_subset(path).get("examples")) != spec.examples:
+        raise MaebenchError(f"{path} was drawn for {drawn} examples, this run asks "
+                            f"train.probe_examples={spec.examples}: one curve's points share one subset; set it back, "
+                            f"or delete that file and the {task} points of {PROBES_FILE} to start a new curve")
     return path
 
 
@@ -143,9 +148,12 @@ def probe_point(snapshot: Path, step: int, task: str, spec: CurveSpec, run_dir: 
 
     subset = ensure_subset(run_dir, task, spec)
     started, cpu = time.perf_counter(), time.process_time()
+    # the features of a snapshot are never asked for again: kept out of the user's feature cache (a long run's
+    # points would fill it), extracted into the point's own folder, deleted with it
     with tempfile.TemporaryDirectory(prefix="maebench-probe-") as out:
         record = evaluate(task, str(snapshot), data_root=task_data_root(spec, task), probe=PROBE, out_dir=out,
-                          quiet=True, show_table=False, device=spec.device, subset=subset, num_workers=0)
+                          quiet=True, show_table=False, device=spec.device, subset=subset, num_workers=0,
+                          feature_cache=out)
     run = record["runs"][0]
     return {
         "step": step, "task": task, "metric": record["metric"], "score": record["score"],

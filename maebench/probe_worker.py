@@ -3,13 +3,14 @@
 The training loop never waits for a probe (maebench.probe_curve): at a probe step it writes a snapshot of the
 encoder (a small native checkpoint; the queue is that folder, so it survives a crash) and goes on. This process
 (`python -m maebench.probe_worker RUN`) probes the snapshots oldest first. How its cost stays under 10% of the
-run's wall time on a 2-core machine: it runs one thread (torch, BLAS) at nice 10. Where a core is idle (training
+run's wall time on a 2-core machine: it runs one thread (torch, BLAS) at nice 19. Where a core is idle (training
 with one thread, or between data-loading waits) it takes that core and costs training nothing; where it shares a
-core with a training thread, Linux's CFS scheduler splits that core by weight, 110 (nice 10) against 1024 (nice 0),
-so it gets at most 110 / 1134 = 9.7% of it and training keeps >= 90% of its speed (`maebench bench probe` measures
-it). The training loop itself only writes the snapshots (milliseconds for the small models) and, at the end of the
-run, waits for the last points at most `train.probe_max_share` (10%) of the run's wall time less what snapshots
-cost; what is left stays in RUN/probe_snapshots/ for the resumed run or `maebench probe RUN` to finish.
+core with a training thread, Linux's CFS scheduler splits that core by weight, 15 (nice 19) against 1024 (nice 0),
+so it gets at most 15 / 1039 = 1.4% of it (nice 10's 110 / 1134 = 9.7% left no margin under the 10% target;
+`maebench bench probe` measures it). On a machine whose every core is busy the points therefore lag. The training
+loop itself only writes the snapshots (milliseconds for the small models) and, at the end of the run, waits for
+the last points at most `train.probe_max_share` (10%) of the run's wall time less what snapshots cost; what is left
+stays in RUN/probe_snapshots/ for the resumed run or `maebench probe RUN` to finish.
 
 A worker that dies is reported and restarted (up to MAX_RESTARTS times); one that stops on a user error (bad
 task data: exit status 2) is reported once, with its message. Training never stops because of a probe.
@@ -36,19 +37,21 @@ LOG_FILE = "worker.log"
 MAX_RESTARTS = 3
 POLL_S = 0.5
 USER_ERROR = 2
-NICE = 10  # CFS weight 110 against a nice-0 training thread's 1024: at most 9.7% of a core they share
+NICE = 19  # CFS weight 15 against a nice-0 training thread's 1024: at most 1.4% of a core they share
 
 
 # ---------------------------------------------------------------------------------------------------- the process
 
 
-def work(run_dir: Path) -> int:
+def work(run_dir: Path, parent: int) -> int:
     """The worker's life: take the run's worker lock, then probe snapshots as they come until told to stop (or
-    the training process is gone: a point finished after that is not written)."""
+    the training process `parent` is gone: a point finished after that is not written). The parent's pid comes
+    from the parent itself: one that died while this process was still importing torch would leave os.getppid()
+    pointing at init from the start, and the worker polling forever with the lock a resumed run's worker waits for."""
     import torch
 
     torch.set_num_threads(1)
-    parent = os.getppid()
+    print(f"probe worker started (pid {os.getpid()}, nice {os.nice(0)}, {torch.get_num_threads()} thread)", flush=True)
     root = run_dir / pc.SNAPSHOTS_DIR
     job = json.loads((root / WORKER_SPEC).read_text())
     spec = pc.CurveSpec.from_json(job["spec"])
@@ -105,9 +108,9 @@ class ProbeWorker:
     def _start(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with open(self.root / LOG_FILE, "a") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "maebench.probe_worker", str(self.run_dir)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            preexec_fn=_lowest_priority)
+            command = [sys.executable, "-m", "maebench.probe_worker", str(self.run_dir), str(os.getpid())]
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, preexec_fn=_lowest_priority)
 
     def after_step(self, step: int, model) -> None:
         """At a probe step (0, every N-th, the last): write the snapshot the worker will probe. Never raises."""
@@ -211,7 +214,7 @@ def describe(summary: dict[str, Any], run_dir: Path) -> str:
 
 def main(argv: list[str]) -> int:
     try:
-        return work(Path(argv[0]))
+        return work(Path(argv[0]), int(argv[1]) if len(argv) > 1 else os.getppid())
     except MaebenchError as err:
         print(f"maebench: error: {err}", flush=True)
         return USER_ERROR
