@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         cpu = sum(p["probe_cpu_s"] for p in live)
         print(f"probe cost: {len(live)} points written during the {args.repeats} probe run(s), {per_point:.2f} s "
               f"({cpu / len(live):.2f} CPU s) per point in the probe process; its CPU time = "
-              f"{100 * cpu / wall['probes']:.1f}% of the runs' wall time (on a core training does not use)")
+              f"{100 * cpu / wall['probes']:.1f}% of the runs' wall time"
+              f"{' (on a core training does not use)' if args.threads < (os.cpu_count() or 1) else ''}")
     else:
         print("probe cost: no point was written during the probe runs (every core busy: see the pending steps)")
     expected = len(range(0, args.steps + 1, args.every)) + (args.steps % args.every != 0)
