@@ -79,6 +79,21 @@ def _throughput(run_dir) -> tuple[float, float]:
     return sum(r["clips"] for r in records), sum(r["clips"] / r["clips_per_s"] for r in records)
 
 
+def _print_probe_cost(live: list[dict], wall_s: float, args: argparse.Namespace) -> None:
+    """Seconds per point and the probe process's CPU share, from the points written while the runs trained."""
+    import os
+
+    if not live:
+        print("probe cost: no point was written during the probe runs (every core busy: see the pending steps)")
+        return
+    per_point = sum(p["probe_s"] for p in live) / len(live)
+    cpu = sum(p["probe_cpu_s"] for p in live)
+    spare_core = " (on a core training does not use)" if args.threads < (os.cpu_count() or 1) else ""
+    print(f"probe cost: {len(live)} points written during the {args.repeats} probe run(s), {per_point:.2f} s "
+          f"({cpu / len(live):.2f} CPU s) per point in the probe process; its CPU time = "
+          f"{100 * cpu / wall_s:.1f}% of the runs' wall time{spare_core}")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import shutil
@@ -122,15 +137,7 @@ def run(args: argparse.Namespace) -> int:
           f"(ratio {speed['probes'] / speed['plain']:.3f}, drop {100 * (1 - speed['probes'] / speed['plain']):.1f}%)")
     print(f"process wall time: {wall['plain']:.1f} s without, {wall['probes']:.1f} s with (ratio "
           f"{wall['probes'] / wall['plain']:.3f}, start-up and the end-of-run wait for probes included)")
-    if live:
-        per_point = sum(p["probe_s"] for p in live) / len(live)
-        cpu = sum(p["probe_cpu_s"] for p in live)
-        print(f"probe cost: {len(live)} points written during the {args.repeats} probe run(s), {per_point:.2f} s "
-              f"({cpu / len(live):.2f} CPU s) per point in the probe process; its CPU time = "
-              f"{100 * cpu / wall['probes']:.1f}% of the runs' wall time"
-              f"{' (on a core training does not use)' if args.threads < (os.cpu_count() or 1) else ''}")
-    else:
-        print("probe cost: no point was written during the probe runs (every core busy: see the pending steps)")
+    _print_probe_cost(live, wall["probes"], args)
     expected = len(range(0, args.steps + 1, args.every)) + (args.steps % args.every != 0)
     during = len(read_points(runs["probes"]))
     pending = [step for step, _ in pending_snapshots(runs["probes"])]
